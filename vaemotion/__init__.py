@@ -1,0 +1,15 @@
+"""VAEmotion: a pretrained vision-language model learns to hear by seeing, then to understand emotion.
+
+Importing the package registers its classes with the transformers Auto classes (and the
+``audio-visual-emotion`` pipeline task), so ``AutoModel.from_pretrained(dir)`` returns our model.
+"""
+
+__version__ = "0.1.0"
+
+from transformers import AutoConfig
+
+from .configuration_vaemotion import ARTEMIS_EMOTIONS, VAEmotionConfig, num_audio_tokens
+
+AutoConfig.register("vaemotion", VAEmotionConfig, exist_ok=True)
+
+__all__ = ["ARTEMIS_EMOTIONS", "VAEmotionConfig", "num_audio_tokens", "__version__"]

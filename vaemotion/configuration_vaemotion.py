@@ -1,0 +1,132 @@
+# Copyright 2026 The VAEmotion Authors. Licensed under the Apache License, Version 2.0.
+"""VAEmotion configuration.
+
+Flat module with relative imports only: it is copied into hub checkpoints as remote code.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+# The 8 emotion categories of ArtEmis (Achlioptas et al., 2021), positive first.
+ARTEMIS_EMOTIONS = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness"]
+
+
+def num_audio_tokens(num_mel_frames: int, pool_stride: int) -> int:
+    """Number of ``<|audio_pad|>`` tokens one audio window of ``num_mel_frames`` valid mel frames becomes.
+
+    The Whisper encoder halves the frame rate with a stride-2 convolution (``(L - 1) // 2 + 1`` frames, 50 per
+    second); the projector then average-pools with ``pool_stride`` (25 tokens per second at stride 2). This one
+    function is used by both the processor (to write placeholders) and the model (to cut encoder outputs), so the
+    two can never disagree.
+    """
+    if num_mel_frames <= 0:
+        raise ValueError(f"an audio window needs at least one mel frame, got {num_mel_frames}")
+    encoder_frames = (num_mel_frames - 1) // 2 + 1
+    return max(encoder_frames // pool_stride, 1)
+
+
+@strict
+class VAEmotionConfig(PreTrainedConfig):
+    r"""Configuration of [`VAEmotionForConditionalGeneration`]: a vision-language model (`vlm_config`), an audio
+    encoder (`audio_config`) with a projector into the LLM, and the EmoAdapter (Emotion Enhancer + Emotion
+    Supervisor).
+
+    Args:
+        vlm_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of any image-text-to-text model loadable with `AutoModelForImageTextToText` (default Qwen2.5-VL).
+        audio_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the audio encoder (default Whisper; only its encoder is used).
+        audio_token_id / audio_bos_token_id / audio_eos_token_id (`int`):
+            Ids of `<|audio_pad|>` (the placeholder audio features are scattered into), `<|audio_bos|>`, `<|audio_eos|>`.
+        audio_pool_stride (`int`, defaults to 2):
+            Temporal average pooling after the encoder: 50 Whisper frames per second become 25 tokens per second.
+        projector_hidden_size (`int`, *optional*):
+            Width of the projector's 2-layer MLP; defaults to the LLM width.
+        enhancer_bottleneck_size (`int`, defaults to 64):
+            Width `z` of the Emotion Enhancer's residual bottleneck (the features the Supervisor reads).
+        enhancer_activation (`str`, defaults to `"gelu"`): activation inside the bottleneck.
+        use_emotion_enhancer / use_emotion_supervisor (`bool`): ablation switches of the EmoAdapter.
+        supervisor_hidden_size (`int`, defaults to 256): hidden width of the Supervisor heads on the LLM state.
+        emotion_labels (`list[str]`, *optional*): emotion categories; defaults to the 8 ArtEmis categories.
+        lm_loss_weight / emotion_loss_weight / aux_emotion_loss_weight (`float`):
+            `loss = lm_loss_weight * CE(labels) + emotion_loss_weight * (va_loss + category_loss)
+            + aux_emotion_loss_weight * (emotion loss of the heads on each path's pooled bottleneck)`.
+        va_loss_weight / category_loss_weight (`float`): weights of the two parts of the emotion loss.
+        freeze_audio_encoder (`bool`, defaults to `True`): whether Stage 1 keeps the audio encoder frozen.
+
+    Example:
+
+    ```python
+    >>> from transformers import Qwen2_5_VLConfig, WhisperConfig
+    >>> from vaemotion import VAEmotionConfig
+
+    >>> config = VAEmotionConfig(
+    ...     vlm_config=Qwen2_5_VLConfig(text_config={"hidden_size": 64, "num_hidden_layers": 2}).to_dict(),
+    ...     audio_config=WhisperConfig(d_model=32, encoder_layers=1, num_mel_bins=16).to_dict(),
+    ... )
+    >>> config.get_text_config().hidden_size
+    64
+    >>> config.emotion_labels[:3]
+    ['amusement', 'awe', 'contentment']
+    ```
+    """
+
+    model_type = "vaemotion"
+    sub_configs_defaults = {
+        "vlm_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_5_vl"),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+    }
+
+    vlm_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    audio_token_id: int = 151665
+    audio_bos_token_id: int = 151666
+    audio_eos_token_id: int = 151667
+    audio_pool_stride: int = 2
+    projector_hidden_size: int | None = None
+    enhancer_bottleneck_size: int = 64
+    enhancer_activation: str = "gelu"
+    use_emotion_enhancer: bool = True
+    use_emotion_supervisor: bool = True
+    supervisor_hidden_size: int = 256
+    emotion_labels: list[str] | None = None
+    lm_loss_weight: float = 1.0
+    emotion_loss_weight: float = 1.0
+    aux_emotion_loss_weight: float = 0.5
+    va_loss_weight: float = 1.0
+    category_loss_weight: float = 1.0
+    freeze_audio_encoder: bool = True
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.emotion_labels is None:
+            self.emotion_labels = list(ARTEMIS_EMOTIONS)
+        if len(set(self.emotion_labels)) != len(self.emotion_labels) or len(self.emotion_labels) < 2:
+            raise ValueError(f"emotion_labels must be at least 2 distinct names, got {self.emotion_labels}")
+        if self.audio_pool_stride < 1:
+            raise ValueError(f"audio_pool_stride must be >= 1, got {self.audio_pool_stride}")
+        if self.enhancer_bottleneck_size < 1:
+            raise ValueError(f"enhancer_bottleneck_size must be >= 1, got {self.enhancer_bottleneck_size}")
+
+    @property
+    def num_emotions(self) -> int:
+        return len(self.emotion_labels)
+
+    @property
+    def id2emotion(self) -> dict[int, str]:
+        return dict(enumerate(self.emotion_labels))
+
+    @property
+    def emotion2id(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.emotion_labels)}
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        # The LLM's config sits two levels down (vlm_config.text_config); generation and cache code look here.
+        return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
+
+
+__all__ = ["VAEmotionConfig", "ARTEMIS_EMOTIONS", "num_audio_tokens"]
