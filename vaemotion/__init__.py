@@ -6,10 +6,27 @@ Importing the package registers its classes with the transformers Auto classes (
 
 __version__ = "0.1.0"
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_vaemotion import ARTEMIS_EMOTIONS, VAEmotionConfig, num_audio_tokens
+from .modeling_vaemotion import (
+    EmotionPrediction,
+    VAEmotionForConditionalGeneration,
+    VAEmotionOutput,
+    VAEmotionPreTrainedModel,
+)
 
 AutoConfig.register("vaemotion", VAEmotionConfig, exist_ok=True)
+AutoModel.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
 
-__all__ = ["ARTEMIS_EMOTIONS", "VAEmotionConfig", "num_audio_tokens", "__version__"]
+__all__ = [
+    "ARTEMIS_EMOTIONS",
+    "EmotionPrediction",
+    "VAEmotionConfig",
+    "VAEmotionForConditionalGeneration",
+    "VAEmotionOutput",
+    "VAEmotionPreTrainedModel",
+    "num_audio_tokens",
+    "__version__",
+]

@@ -1,0 +1,728 @@
+# Copyright 2026 The VAEmotion Authors. Licensed under the Apache License, Version 2.0.
+"""VAEmotion: a vision-language model with a new audio pathway and an emotion adapter.
+
+Flat module with relative imports only: it is copied into hub checkpoints as remote code.
+
+The model is a composition, not a fork: ``vlm`` is any image-text-to-text model from the Auto classes (reference:
+Qwen2.5-VL; LLaVA-style models work too), ``audio_tower`` is a Whisper encoder, ``audio_projector`` maps pooled
+audio frames to the LLM width, and the EmoAdapter adds a shared residual ``emotion_enhancer`` on every modality
+token plus ``emotion_supervisor`` heads for valence, arousal and emotion categories. Every modality's features are
+scattered into its placeholder tokens here, so the enhancer sees audio and visual tokens alike and the VLM only ever
+receives ``inputs_embeds`` (plus the ids and grids its position code needs).
+"""
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging
+
+from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
+
+
+logger = logging.get_logger(__name__)
+
+# mm_token_type_ids written by transformers processors: 0 text, 1 image, 2 video, 3 audio.
+AUDIO_TOKEN_TYPE = 3
+# VLM families whose position code (3D mrope) needs input_ids, grids and token types next to inputs_embeds.
+# Other families (LLaVA-style) refuse input_ids together with inputs_embeds and get embeddings only.
+_MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+# Which stage trains which top-level modules (DESIGN.md sections 3 and 4).
+STAGE_TRAINABLE_MODULES = {
+    "vg_align": ("audio_projector",),
+    "emo_adapter": ("emotion_enhancer", "emotion_supervisor"),
+}
+
+
+@dataclass
+class VAEmotionOutput(MultimodalCausalLMOutputWithPast):
+    r"""
+    Output of [`VAEmotionForConditionalGeneration`]: the language-model outputs plus the EmoAdapter's predictions and
+    every loss part (each `None` when its inputs were not given).
+
+    Args:
+        valence / arousal (`torch.FloatTensor` of shape `(batch_size,)`):
+            Supervisor predictions in [-1, 1] from the LLM hidden state at the last prompt token.
+        emotion_logits (`torch.FloatTensor` of shape `(batch_size, num_emotions)`):
+            Supervisor category logits from the same hidden state.
+        aux_valence / aux_arousal / aux_emotion_logits:
+            The same predictions from each sample's pooled Enhancer bottleneck over its modality tokens (audio, visual
+            or both: the sample's path); NaN rows for samples without modality tokens.
+        lm_loss, va_loss, category_loss, aux_emotion_loss (`torch.FloatTensor` scalars): the loss parts.
+    """
+
+    valence: torch.FloatTensor | None = None
+    arousal: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    aux_valence: torch.FloatTensor | None = None
+    aux_arousal: torch.FloatTensor | None = None
+    aux_emotion_logits: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    va_loss: torch.FloatTensor | None = None
+    category_loss: torch.FloatTensor | None = None
+    aux_emotion_loss: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class EmotionPrediction:
+    """Structured emotion answer of [`VAEmotionForConditionalGeneration.predict_emotion`] for a batch."""
+
+    valence: torch.Tensor
+    arousal: torch.Tensor
+    probabilities: torch.Tensor
+    labels: list[str]
+
+    def top_labels(self) -> list[str]:
+        return [self.labels[i] for i in self.probabilities.argmax(-1).tolist()]
+
+    def to_list(self) -> list[dict]:
+        """One dict per sample: top label, its probability, every label's probability, valence and arousal."""
+        rows = []
+        for v, a, probs in zip(self.valence.tolist(), self.arousal.tolist(), self.probabilities.tolist()):
+            best = max(range(len(probs)), key=probs.__getitem__)
+            rows.append(
+                {
+                    "emotion": self.labels[best],
+                    "score": probs[best],
+                    "scores": dict(zip(self.labels, probs)),
+                    "valence": v,
+                    "arousal": a,
+                }
+            )
+        return rows
+
+
+class VAEmotionAudioProjector(nn.Module):
+    """Temporal average pooling (``audio_pool_stride``) then a 2-layer MLP from the audio width to the LLM width."""
+
+    def __init__(self, config: VAEmotionConfig):
+        super().__init__()
+        audio_width = config.audio_config.d_model
+        text_width = config.get_text_config().hidden_size
+        hidden = config.projector_hidden_size or text_width
+        self.pool_stride = config.audio_pool_stride
+        self.linear_1 = nn.Linear(audio_width, hidden)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(hidden, text_width)
+
+    def forward(self, encoder_states: torch.Tensor) -> torch.Tensor:
+        # (windows, frames, width) -> (windows, frames // stride, width); the tail shorter than a stride is dropped.
+        pooled = F.avg_pool1d(encoder_states.transpose(1, 2), self.pool_stride, self.pool_stride).transpose(1, 2)
+        return self.linear_2(self.act(self.linear_1(pooled)))
+
+
+class ZeroInitLinear(nn.Linear):
+    """A linear layer that starts at zero, so the residual branch it ends starts as the identity."""
+
+
+class VAEmotionEmotionEnhancer(nn.Module):
+    """EmoAdapter part 1: a shared, position-wise residual bottleneck on every modality token.
+
+    ``z = W_down(LN(h))``, ``h' = h + W_up(act(z))``. ``W_up`` starts at zero so an untrained Enhancer is the identity;
+    the bottleneck ``z`` is what the Supervisor reads, which makes the residuals emotion-sensitive.
+    """
+
+    def __init__(self, config: VAEmotionConfig):
+        super().__init__()
+        width = config.get_text_config().hidden_size
+        self.norm = nn.LayerNorm(width)
+        self.down = nn.Linear(width, config.enhancer_bottleneck_size)
+        self.act = ACT2FN[config.enhancer_activation]
+        self.up = ZeroInitLinear(config.enhancer_bottleneck_size, width)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bottleneck = self.down(self.norm(hidden))
+        return hidden + self.up(self.act(bottleneck)), bottleneck
+
+
+class VAEmotionEmotionHead(nn.Module):
+    """Valence and arousal in [-1, 1] (tanh) and emotion-category logits from one feature vector."""
+
+    def __init__(self, in_features: int, hidden: int, num_emotions: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU())
+        self.valence_arousal = nn.Linear(hidden, 2)
+        self.category = nn.Linear(hidden, num_emotions)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.mlp(features)
+        return torch.tanh(self.valence_arousal(hidden)), self.category(hidden)
+
+
+class VAEmotionEmotionSupervisor(nn.Module):
+    """EmoAdapter part 2: emotion heads on the LLM state (used at inference) and on the Enhancer bottleneck (auxiliary)."""
+
+    def __init__(self, config: VAEmotionConfig):
+        super().__init__()
+        width = config.get_text_config().hidden_size
+        self.llm_head = VAEmotionEmotionHead(width, config.supervisor_hidden_size, config.num_emotions)
+        self.bottleneck_head = VAEmotionEmotionHead(
+            config.enhancer_bottleneck_size, config.supervisor_hidden_size, config.num_emotions
+        )
+
+
+class VAEmotionPreTrainedModel(PreTrainedModel):
+    config: VAEmotionConfig
+    config_class = VAEmotionConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VAEmotionEmotionEnhancer"]
+    _skip_keys_device_placement = ["cache"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        if isinstance(module, ZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixin):
+    r"""
+    VAEmotionLLM: a vision-language model that hears (audio pathway, Stage 1 VG-Align) and understands emotion across
+    sight and sound (EmoAdapter, Stage 2).
+
+    Example (a tiny random model; real use: [`~VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained`]):
+
+    ```python
+    >>> import torch
+    >>> from vaemotion import VAEmotionForConditionalGeneration
+    >>> from vaemotion.tiny import build_tiny_tokenizer, tiny_vaemotion_config
+
+    >>> tokenizer = build_tiny_tokenizer()
+    >>> model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer)).eval()
+    >>> n_audio = model.num_audio_tokens(torch.tensor([200]))[0].item()  # 2 s of audio: 25 tokens at stride 2
+    >>> text = "<|im_start|>user <|audio_bos|>" + "<|audio_pad|>" * n_audio + "<|audio_eos|> describe the mood"
+    >>> inputs = tokenizer(text, return_tensors="pt")
+    >>> features = torch.randn(1, 16, 3000)  # one 30 s Whisper window of log-mels, 2 s of it valid
+    >>> feature_mask = torch.zeros(1, 3000, dtype=torch.long)
+    >>> feature_mask[:, :200] = 1
+    >>> out = model(**inputs, input_features=features, feature_attention_mask=feature_mask)
+    >>> out.logits.shape[-1] == len(tokenizer), out.valence.shape, out.emotion_logits.shape
+    (True, torch.Size([1]), torch.Size([1, 8]))
+    ```
+    """
+
+    accepts_loss_kwargs = False  # the LM and emotion losses are per-micro-batch means; the Trainer scales them
+
+    def __init__(self, config: VAEmotionConfig, vlm: PreTrainedModel | None = None, audio_tower=None):
+        super().__init__(config)
+        self.vlm = vlm if vlm is not None else AutoModelForImageTextToText.from_config(config.vlm_config)
+        self.audio_tower = audio_tower if audio_tower is not None else WhisperEncoder._from_config(config.audio_config)
+        # One config object per part, so edits through either path (e.g. resizing the vocabulary) stay in sync.
+        self.vlm.config = config.vlm_config
+        self.audio_tower.config = config.audio_config
+        self.audio_projector = VAEmotionAudioProjector(config)
+        self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
+        self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_vlm_and_audio_pretrained(
+        cls,
+        vlm_pretrained_model_name_or_path: str,
+        audio_pretrained_model_name_or_path: str,
+        *,
+        attn_implementation: str | None = "sdpa",
+        dtype: torch.dtype | str | None = None,
+        tokenizer=None,
+        **config_kwargs,
+    ) -> "VAEmotionForConditionalGeneration":
+        r"""
+        Build a VAEmotion model from a separately pretrained VLM and audio encoder (as
+        `VisionEncoderDecoderModel.from_encoder_decoder_pretrained` does). Their weights are kept as loaded; the
+        projector and the EmoAdapter are new. The audio special token ids come from ``tokenizer`` when given (a
+        tokenizer with `<|audio_pad|>`, `<|audio_bos|>`, `<|audio_eos|>`, e.g. ``VAEmotionProcessor.tokenizer``), or
+        are appended after the VLM's vocabulary otherwise; the embedding matrix is grown only if they do not fit.
+
+        Example (tiny checkpoints saved on the spot):
+
+        ```python
+        >>> import tempfile
+        >>> from transformers import AutoModelForImageTextToText, WhisperModel
+        >>> from vaemotion import VAEmotionForConditionalGeneration
+        >>> from vaemotion.tiny import build_tiny_tokenizer, tiny_qwen2_5_vl_config, tiny_whisper_config
+
+        >>> tokenizer = build_tiny_tokenizer()
+        >>> vlm_dir, audio_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> AutoModelForImageTextToText.from_config(tiny_qwen2_5_vl_config(tokenizer)).save_pretrained(vlm_dir)
+        >>> WhisperModel(tiny_whisper_config()).save_pretrained(audio_dir)
+        >>> model = VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained(vlm_dir, audio_dir, tokenizer=tokenizer)
+        >>> model.config.audio_token_id == tokenizer.audio_token_id
+        True
+        ```
+        """
+        load_kwargs = {"attn_implementation": attn_implementation}
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        vlm = AutoModelForImageTextToText.from_pretrained(vlm_pretrained_model_name_or_path, **load_kwargs)
+        audio_model = AutoModel.from_pretrained(audio_pretrained_model_name_or_path, **load_kwargs)
+        audio_tower = audio_model.get_encoder() if audio_model.config.is_encoder_decoder else audio_model
+
+        token_ids = _audio_token_ids(tokenizer, vlm.config.get_text_config().vocab_size)
+        config = cls.config_class(
+            vlm_config=vlm.config, audio_config=audio_tower.config, **token_ids, **config_kwargs
+        )
+        model = cls(config, vlm=vlm, audio_tower=audio_tower)
+        needed_vocab = max(token_ids.values()) + 1
+        if needed_vocab > config.get_text_config().vocab_size:
+            model.resize_token_embeddings(needed_vocab)
+        # Building a config from loaded parts resets their attention implementation (hf-stack.md 1.6/1): restore it.
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if vlm.generation_config is not None:
+            model.generation_config = vlm.generation_config
+        if dtype is not None:
+            model.to(dtype)  # the new heads are created in float32
+        return model
+
+    # ------------------------------------------------------------------------------------------------ delegation
+    def get_input_embeddings(self):
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.vlm.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.vlm.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.vlm.set_output_embeddings(value)
+
+    def get_audio_tower(self):
+        return self.audio_tower
+
+    @property
+    def language_backbone(self) -> PreTrainedModel:
+        """The VLM without its LM head (e.g. `Qwen2_5_VLModel`, `LlavaModel`)."""
+        return self.vlm.base_model
+
+    @cached_property
+    def _backbone_forward_parameters(self) -> frozenset[str]:
+        return frozenset(inspect.signature(self.language_backbone.forward).parameters)
+
+    @property
+    def _uses_mrope(self) -> bool:
+        return self.config.vlm_config.model_type in _MROPE_MODEL_TYPES
+
+    # ------------------------------------------------------------------------------------------------ training setup
+    def set_trainable(self, stage: str, *, train_projector: bool | None = None, train_audio_encoder: bool | None = None):
+        """Freeze everything but the trainable set of ``stage`` (``"vg_align"`` or ``"emo_adapter"``).
+
+        Stage 1 trains the audio projector (and the audio encoder when ``config.freeze_audio_encoder`` is False or
+        ``train_audio_encoder=True``); Stage 2 trains the Emotion Enhancer and Supervisor (plus the projector with
+        ``train_projector=True``). LoRA adapters on the LLM, when attached with peft, keep their own flags.
+        Returns ``{"trainable": n, "total": n, "modules": [...]}``.
+        """
+        if stage not in STAGE_TRAINABLE_MODULES:
+            raise ValueError(f"stage must be one of {sorted(STAGE_TRAINABLE_MODULES)}, got {stage!r}")
+        modules = list(STAGE_TRAINABLE_MODULES[stage])
+        if train_audio_encoder is None:
+            train_audio_encoder = stage == "vg_align" and not self.config.freeze_audio_encoder
+        if train_audio_encoder:
+            modules.append("audio_tower")
+        if train_projector and "audio_projector" not in modules:
+            modules.append("audio_projector")
+        modules = [name for name in modules if getattr(self, name) is not None]
+        for name, parameter in self.named_parameters():
+            if "lora_" in name:
+                continue
+            parameter.requires_grad_(name.split(".", 1)[0] in modules)
+        return {**self.count_parameters(), "modules": modules}
+
+    def count_parameters(self) -> dict[str, int]:
+        """Trainable and total parameter counts (shared tensors counted once)."""
+        seen, trainable, total = set(), 0, 0
+        for parameter in self.parameters():
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            total += parameter.numel()
+            trainable += parameter.numel() if parameter.requires_grad else 0
+        return {"trainable": trainable, "total": total}
+
+    # ------------------------------------------------------------------------------------------------ modality features
+    def num_audio_tokens(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Placeholder tokens per audio window, from its count of valid mel frames (shared with the processor)."""
+        return torch.tensor(
+            [num_audio_tokens(int(length), self.config.audio_pool_stride) for length in feature_lengths.tolist()],
+            dtype=torch.long,
+            device=feature_lengths.device,
+        )
+
+    def get_audio_features(
+        self, input_features: torch.FloatTensor, feature_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode audio windows and project them to the LLM width.
+
+        Args:
+            input_features: `(num_windows, num_mel_bins, window_frames)` log-mel windows (Whisper needs the full
+                window, padded).
+            feature_attention_mask: `(num_windows, window_frames)`, 1 on valid frames. Without it every frame counts.
+
+        Returns:
+            `(total_audio_tokens, hidden_size)`: each window's valid tokens, windows concatenated in order, ready to
+            be scattered into the `<|audio_pad|>` positions.
+        """
+        if input_features.dim() != 3:
+            raise ValueError(
+                f"input_features must be (num_windows, num_mel_bins, frames), got shape {tuple(input_features.shape)}"
+            )
+        if feature_attention_mask is None:
+            lengths = torch.full((input_features.shape[0],), input_features.shape[-1], device=input_features.device)
+        else:
+            lengths = feature_attention_mask.sum(-1)
+        tower_trains = any(p.requires_grad for p in self.audio_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):  # a frozen encoder keeps no graph
+            states = self.audio_tower(input_features.to(self.audio_tower.dtype)).last_hidden_state
+        projected = self.audio_projector(states)
+        keep = self.num_audio_tokens(lengths).clamp(max=projected.shape[1])
+        positions = torch.arange(projected.shape[1], device=projected.device)
+        return projected[positions[None, :] < keep[:, None]]
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, image_grid_thw=None, **kwargs) -> torch.Tensor:
+        """Visual tokens of the VLM's own image pathway, flattened to `(total_image_tokens, hidden_size)`."""
+        if self._uses_mrope:
+            kwargs["image_grid_thw"] = image_grid_thw
+        out = self.language_backbone.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
+        return _flatten_features(out.pooler_output)
+
+    def get_video_features(self, pixel_values_videos: torch.FloatTensor, video_grid_thw=None, **kwargs) -> torch.Tensor:
+        """Visual tokens of the VLM's video pathway, flattened to `(total_video_tokens, hidden_size)`."""
+        if not hasattr(self.language_backbone, "get_video_features"):
+            raise ValueError(f"the {self.config.vlm_config.model_type} backbone takes no videos; pass frames as images")
+        out = self.language_backbone.get_video_features(
+            pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw, return_dict=True, **kwargs
+        )
+        return _flatten_features(out.pooler_output)
+
+    def _enhance(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.emotion_enhancer is None:
+            return features, None
+        return self.emotion_enhancer(features)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        emotion_labels: torch.LongTensor | None = None,
+        valence: torch.FloatTensor | None = None,
+        arousal: torch.FloatTensor | None = None,
+        emotion_positions: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> VAEmotionOutput:
+        r"""
+        Any combination of text, audio (`input_features`, `feature_attention_mask`), images (`pixel_values`,
+        `image_grid_thw`) and video frames (`pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts`).
+
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets (-100 ignored) for the LM loss.
+        emotion_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Emotion category indices into `config.emotion_labels` (-100 ignored).
+        valence / arousal (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+            Targets in [-1, 1] (NaN ignored).
+        emotion_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Index of the token whose LLM state the Supervisor reads. Default: the last prompt token, i.e. the token
+            before the first supervised label, or the last attended token when there are no labels.
+        logits_to_keep (`int` or `torch.Tensor`):
+            Compute logits only for the last `logits_to_keep` positions (0: all), or for the given positions.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        is_prefill = cache is None or cache.get_seq_length() == 0
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        batch_size = inputs_embeds.shape[0]
+
+        bottleneck_sum = inputs_embeds.new_zeros(0)
+        bottleneck_count = None
+        modality_streams = self._modality_streams(
+            input_ids, input_features, feature_attention_mask, pixel_values, image_grid_thw,
+            pixel_values_videos, video_grid_thw,
+        )  # fmt: skip
+        for name, token_id, features in modality_streams:
+            mask = self._placeholder_mask(input_ids, inputs_embeds, token_id, features.shape[0], name)
+            features, bottleneck = self._enhance(features.to(inputs_embeds.dtype))
+            inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], features)
+            if bottleneck is not None:
+                per_sample, counts = _sum_per_sample(bottleneck, mask)
+                bottleneck_sum = per_sample if bottleneck_count is None else bottleneck_sum + per_sample
+                bottleneck_count = counts if bottleneck_count is None else bottleneck_count + counts
+
+        backbone_inputs = self._backbone_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_grid_thw,
+            video_grid_thw, second_per_grid_ts, mm_token_type_ids, kwargs,
+        )  # fmt: skip
+        outputs = self.language_backbone(**backbone_inputs)
+        hidden = outputs.last_hidden_state
+        logits = self.get_output_embeddings()(slice_logits_to_keep(hidden, logits_to_keep))
+
+        result = VAEmotionOutput(
+            logits=logits,
+            cache=outputs.cache if use_cache is not False else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        if labels is not None:
+            result.lm_loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size
+            )
+        if self.emotion_supervisor is not None and is_prefill:
+            if emotion_positions is None:
+                emotion_positions = _last_prompt_positions(attention_mask, labels, hidden.shape[1], batch_size)
+            state = hidden[torch.arange(batch_size, device=hidden.device), emotion_positions.to(hidden.device)]
+            va, result.emotion_logits = self.emotion_supervisor.llm_head(state)
+            result.valence, result.arousal = va.unbind(-1)
+            if bottleneck_count is not None:
+                pooled = bottleneck_sum / bottleneck_count.clamp(min=1)[:, None]
+                aux_va, aux_logits = self.emotion_supervisor.bottleneck_head(pooled)
+                missing = (bottleneck_count == 0)[:, None]
+                aux_va, aux_logits = aux_va.masked_fill(missing, float("nan")), aux_logits.masked_fill(missing, 0.0)
+                result.aux_valence, result.aux_arousal = aux_va.unbind(-1)
+                result.aux_emotion_logits = aux_logits
+        self._add_emotion_losses(result, emotion_labels, valence, arousal, bottleneck_count)
+        result.loss = self._total_loss(result)
+        return result
+
+    def _modality_streams(
+        self, input_ids, input_features, feature_attention_mask, pixel_values, image_grid_thw,
+        pixel_values_videos, video_grid_thw,
+    ):  # fmt: skip
+        """(name, placeholder token id, features) for each modality present, encoded by its own pathway."""
+        vlm_config = self.config.vlm_config
+        if input_features is not None:
+            yield "audio", self.config.audio_token_id, self.get_audio_features(input_features, feature_attention_mask)
+        if pixel_values is not None:
+            yield "image", vlm_config.image_token_id, self.get_image_features(pixel_values, image_grid_thw)
+        if pixel_values_videos is not None:
+            yield "video", vlm_config.video_token_id, self.get_video_features(pixel_values_videos, video_grid_thw)
+
+    def _placeholder_mask(self, input_ids, inputs_embeds, token_id: int, num_features: int, name: str) -> torch.Tensor:
+        if input_ids is not None:
+            mask = input_ids == token_id
+        else:  # embeddings only: find the placeholders by their embedding, as LLaVA does
+            token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == token_embedding).all(-1)
+        num_tokens = int(mask.sum())
+        if num_tokens != num_features:
+            raise ValueError(
+                f"{name} placeholders do not match the {name} input: the text holds {num_tokens} placeholder tokens "
+                f"(id {token_id}) but the {name} input gives {num_features} feature vectors. Build inputs with "
+                "VAEmotionProcessor so each placeholder block matches its media."
+            )
+        return mask
+
+    def _backbone_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_grid_thw,
+        video_grid_thw, second_per_grid_ts, mm_token_type_ids, extra,
+    ) -> dict:  # fmt: skip
+        inputs = {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "cache": cache,
+            "use_cache": use_cache,
+            **extra,
+        }
+        if self._uses_mrope:
+            # The 3D rope reads ids, grids and token types; features are already in inputs_embeds.
+            if mm_token_type_ids is None and input_ids is not None:
+                mm_token_type_ids = self._token_types_from_ids(input_ids)
+            inputs.update(
+                input_ids=input_ids,
+                image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw,
+                second_per_grid_ts=second_per_grid_ts,
+                mm_token_type_ids=_text_typed_audio(mm_token_type_ids),
+            )
+        return {key: value for key, value in inputs.items() if key in self._backbone_forward_parameters or key in extra}
+
+    def _token_types_from_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        token_types = torch.zeros_like(input_ids, dtype=torch.int)
+        token_types[input_ids == self.config.vlm_config.image_token_id] = 1
+        token_types[input_ids == self.config.vlm_config.video_token_id] = 2
+        return token_types
+
+    def _add_emotion_losses(self, result: VAEmotionOutput, emotion_labels, valence, arousal, bottleneck_count):
+        if self.emotion_supervisor is None or (emotion_labels is None and valence is None and arousal is None):
+            return
+        targets = _va_targets(valence, arousal, result.valence)
+        result.va_loss, result.category_loss = _emotion_loss_parts(
+            result.valence, result.arousal, result.emotion_logits, targets, emotion_labels
+        )
+        if result.aux_emotion_logits is not None:
+            has_tokens = bottleneck_count > 0
+            aux_va, aux_category = _emotion_loss_parts(
+                result.aux_valence[has_tokens],
+                result.aux_arousal[has_tokens],
+                result.aux_emotion_logits[has_tokens],
+                None if targets is None else targets[has_tokens],
+                None if emotion_labels is None else emotion_labels[has_tokens],
+            )
+            result.aux_emotion_loss = self._weighted_emotion_loss(aux_va, aux_category)
+
+    def _weighted_emotion_loss(self, va_loss, category_loss):
+        parts = []
+        if va_loss is not None:
+            parts.append(self.config.va_loss_weight * va_loss)
+        if category_loss is not None:
+            parts.append(self.config.category_loss_weight * category_loss)
+        return sum(parts) if parts else None
+
+    def _total_loss(self, result: VAEmotionOutput):
+        config = self.config
+        weighted = [
+            (config.lm_loss_weight, result.lm_loss),
+            (config.emotion_loss_weight, self._weighted_emotion_loss(result.va_loss, result.category_loss)),
+            (config.aux_emotion_loss_weight, result.aux_emotion_loss),
+        ]
+        parts = [weight * loss for weight, loss in weighted if loss is not None]
+        return sum(parts) if parts else None
+
+    # ------------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_emotion(self, **inputs) -> EmotionPrediction:
+        """Valence, arousal and category probabilities from one prefill (no decoding), read at the last prompt token.
+
+        Accepts the processor's outputs (the prompt only, e.g. with `add_generation_prompt=True`). Left or right
+        padding both work: the state is read at each sample's last attended token.
+        """
+        if self.emotion_supervisor is None:
+            raise ValueError("this model was built with use_emotion_supervisor=False: it has no emotion heads")
+        for target in ("labels", "emotion_labels", "valence", "arousal"):
+            inputs.pop(target, None)
+        outputs = self(**inputs, use_cache=False, logits_to_keep=1)
+        return EmotionPrediction(
+            valence=outputs.valence.float(),
+            arousal=outputs.arousal.float(),
+            probabilities=outputs.emotion_logits.float().softmax(-1),
+            labels=list(self.config.emotion_labels),
+        )
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # The VLM knows its own position scheme (Qwen's 3D rope); audio tokens count as text for it.
+        token_types = model_kwargs.get("mm_token_type_ids")
+        if token_types is None and self._uses_mrope:
+            input_ids = model_kwargs.get("input_ids", inputs_tensor)
+            if input_ids.dim() == 2 and not input_ids.is_floating_point():
+                token_types = self._token_types_from_ids(input_ids)
+        if token_types is not None:
+            model_kwargs = {**model_kwargs, "mm_token_type_ids": _text_typed_audio(token_types)}
+        return self.vlm._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _audio_token_ids(tokenizer, vocab_size: int) -> dict[str, int]:
+    """Audio special token ids from a tokenizer that has them, else the next three ids after the VLM vocabulary."""
+    names = ("audio_token", "audio_bos_token", "audio_eos_token")
+    defaults = ("<|audio_pad|>", "<|audio_bos|>", "<|audio_eos|>")
+    if tokenizer is None:
+        return {f"{name}_id": vocab_size + offset for offset, name in enumerate(names)}
+    ids = {}
+    for name, default in zip(names, defaults):
+        token = getattr(tokenizer, name, None) or default
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {token} token; add the audio tokens first (VAEmotionProcessor does)")
+        ids[f"{name}_id"] = token_id
+    return ids
+
+
+def _flatten_features(features) -> torch.Tensor:
+    """Per-item feature tensors (a tuple, a list or a batched tensor) to one `(tokens, hidden)` matrix."""
+    if isinstance(features, torch.Tensor):
+        return features.reshape(-1, features.shape[-1])
+    return torch.cat([item.reshape(-1, item.shape[-1]) for item in features], dim=0)
+
+
+def _text_typed_audio(mm_token_type_ids: torch.Tensor | None) -> torch.Tensor | None:
+    # Qwen2.5-VL's rope index knows text (0), image (1) and video (2) only; audio tokens take text positions.
+    if mm_token_type_ids is None:
+        return None
+    return mm_token_type_ids.masked_fill(mm_token_type_ids == AUDIO_TOKEN_TYPE, 0)
+
+
+def _sum_per_sample(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the rows of ``values`` (in mask order) per sample of ``mask`` (batch, seq); also count them."""
+    sample_index = mask.nonzero(as_tuple=True)[0]
+    sums = values.new_zeros(mask.shape[0], values.shape[-1]).index_add(0, sample_index, values)
+    return sums, mask.sum(-1)
+
+
+def _last_prompt_positions(attention_mask, labels, seq_len: int, batch_size: int) -> torch.Tensor:
+    """Index of each sample's last prompt token: before its first supervised label, else its last attended token."""
+    if attention_mask is not None:
+        positions = torch.arange(seq_len, device=attention_mask.device)
+        last_attended = (positions * attention_mask.bool()).max(-1).values
+    else:
+        last_attended = torch.full((batch_size,), seq_len - 1)
+    if labels is None:
+        return last_attended
+    supervised = labels != -100
+    first_label = torch.where(supervised.any(-1), supervised.int().argmax(-1), last_attended.to(labels.device) + 1)
+    return (first_label - 1).clamp(min=0)
+
+
+def _va_targets(valence, arousal, like: torch.Tensor | None) -> torch.Tensor | None:
+    if (valence is None and arousal is None) or like is None:
+        return None
+    nan = torch.full_like(like, float("nan"))
+    columns = [nan if target is None else target.to(like) for target in (valence, arousal)]
+    return torch.stack(columns, dim=-1)
+
+
+def _emotion_loss_parts(pred_valence, pred_arousal, logits, va_targets, emotion_labels):
+    """Mean squared error over the known valence/arousal targets, and category cross-entropy (-100 ignored)."""
+    va_loss = category_loss = None
+    if va_targets is not None:
+        prediction = torch.stack([pred_valence, pred_arousal], dim=-1)
+        known = ~torch.isnan(va_targets)
+        if known.any():
+            va_loss = F.mse_loss(prediction[known].float(), va_targets[known].float())
+    if emotion_labels is not None:
+        labels = emotion_labels.to(logits.device)
+        if (labels != -100).any():
+            category_loss = F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return va_loss, category_loss
+
+
+__all__ = [
+    "VAEmotionForConditionalGeneration",
+    "VAEmotionPreTrainedModel",
+    "VAEmotionOutput",
+    "EmotionPrediction",
+    "STAGE_TRAINABLE_MODULES",
+]
