@@ -497,9 +497,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             attentions=outputs.attentions,
         )
         if labels is not None:
-            result.lm_loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size
-            )
+            result.lm_loss = self._lm_loss(logits, labels, logits_to_keep)
         if self.emotion_supervisor is not None and is_prefill:
             if emotion_positions is None:
                 emotion_positions = _last_prompt_positions(attention_mask, labels, hidden.shape[1], batch_size)
@@ -575,6 +573,13 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         token_types[input_ids == self.config.vlm_config.image_token_id] = 1
         token_types[input_ids == self.config.vlm_config.video_token_id] = 2
         return token_types
+
+    def _lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, logits_to_keep) -> torch.Tensor:
+        if isinstance(logits_to_keep, int) and logits_to_keep == 0:
+            return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size)
+        # Logits were kept at some positions only: each one is scored against the token after it.
+        targets = _next_token_targets(labels.to(logits.device), logits_to_keep)
+        return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
 
     def _add_emotion_losses(self, result: VAEmotionOutput, emotion_labels, valence, arousal, bottleneck_count):
         if self.emotion_supervisor is None or (emotion_labels is None and valence is None and arousal is None):
@@ -694,6 +699,19 @@ def _last_prompt_positions(attention_mask, labels, seq_len: int, batch_size: int
     supervised = labels != -100
     first_label = torch.where(supervised.any(-1), supervised.int().argmax(-1), last_attended.to(labels.device) + 1)
     return (first_label - 1).clamp(min=0)
+
+
+def _next_token_targets(labels: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """For logits kept at some positions (`slice_logits_to_keep` semantics), the label of the token after each."""
+    batch_size, seq_len = labels.shape
+    if isinstance(logits_to_keep, int):
+        positions = torch.arange(seq_len - logits_to_keep, seq_len, device=labels.device).expand(batch_size, -1)
+    else:
+        positions = logits_to_keep.to(labels.device)
+        positions = positions.expand(batch_size, -1) if positions.dim() == 1 else positions
+    following = positions + 1
+    targets = labels.gather(1, following.clamp(max=seq_len - 1))
+    return targets.masked_fill(following >= seq_len, -100)
 
 
 def _va_targets(valence, arousal, like: torch.Tensor | None) -> torch.Tensor | None:

@@ -1,0 +1,121 @@
+"""The VG-Align step shared by Stage 1 and Stage 2, and the loss-part logging both trainers use.
+
+Teacher and student are the **same model object**: the teacher pass is the model on the visual input, run without
+gradients (and with any LoRA adapters disabled, so the teacher stays the frozen pretrained pathway); the student
+pass is the model on the audio input. Logits are computed only at the positions that predict response tokens
+(``logits_to_keep`` with explicit positions), never over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from transformers import Trainer
+
+from .losses import Teacher, TeacherTopK, distillation_loss, response_cross_entropy, topk_teacher
+
+
+@dataclass
+class DistillationSettings:
+    """How the student is matched to the teacher (a subset of the trainers' config fields)."""
+
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    jsd_beta: float = 0.5
+    teacher_top_k: int | None = None
+    loss_chunk_size: int | None = 256
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Run ``model`` without its peft adapters (a no-op for a model without them)."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None or not getattr(model, "peft_config", None):
+        yield
+        return
+    with disable():
+        yield
+
+
+def unwrap(model):
+    """The VAEmotion model inside accelerate/DDP/peft wrappers (for attribute access, not for the forward)."""
+    while hasattr(model, "module"):
+        model = model.module
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+@torch.no_grad()
+def teacher_targets(model, teacher_batch: dict, positions: torch.Tensor, settings: DistillationSettings) -> Teacher:
+    """The frozen visual pathway's next-token distribution at ``positions`` (logits, or top-k log-probabilities)."""
+    with adapters_disabled(model):
+        logits = model(**teacher_batch, logits_to_keep=positions, use_cache=False).logits
+    if settings.teacher_top_k:
+        return topk_teacher(logits, settings.teacher_top_k, settings.temperature)
+    return logits
+
+
+def cached_teacher(batch: dict, temperature: float) -> TeacherTopK:
+    """A teacher read from the cache by the collator: ``teacher_topk_logprobs`` / ``teacher_topk_indices``."""
+    return TeacherTopK(batch["teacher_topk_logprobs"], batch["teacher_topk_indices"], temperature)
+
+
+def student_distillation(
+    model,
+    student_batch: dict,
+    positions: torch.Tensor,
+    response_mask: torch.Tensor,
+    teacher: Teacher,
+    settings: DistillationSettings,
+    response_ids: torch.Tensor | None = None,
+):
+    """Student forward at the response positions; returns ``(kd_loss, ce_loss or None, outputs)``.
+
+    ``response_ids`` (the response tokens, ``-100``-free where ``response_mask``) adds the cross-entropy of the
+    student on them. The KD loss is ``tau^2 * mean D(teacher || student)`` over the response tokens.
+    """
+    outputs = model(**student_batch, logits_to_keep=positions, use_cache=False)
+    kd = distillation_loss(
+        outputs.logits,
+        teacher,
+        response_mask,
+        kind=settings.divergence,
+        temperature=settings.temperature,
+        jsd_beta=settings.jsd_beta,
+        chunk_size=settings.loss_chunk_size,
+    )
+    ce = None
+    if response_ids is not None:
+        labels = response_ids.masked_fill(~response_mask, -100)
+        ce = response_cross_entropy(outputs.logits, labels, chunk_size=settings.loss_chunk_size)
+    return kd, ce, outputs
+
+
+class LossPartsTrainer(Trainer):
+    """A Trainer that logs each loss part (averaged over the steps between two logs), in train and eval alike.
+
+    Subclasses call ``self.record_loss_parts(kd_loss=..., lm_loss=...)`` in ``compute_loss``; the parts appear in
+    the logs next to ``loss`` (with the ``eval_`` prefix during evaluation), as TRL's trainers do.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_parts = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def record_loss_parts(self, **parts) -> None:
+        mode = "train" if self.model.training else "eval"
+        for name, value in parts.items():
+            if value is not None:
+                self._loss_parts[mode][name].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" and any(key.startswith("eval_") for key in logs) else ""
+        for name, values in self._loss_parts[mode].items():
+            if values:
+                logs[f"{prefix}{name}"] = sum(values) / len(values)
+        self._loss_parts[mode].clear()
+        super().log(logs, start_time)
