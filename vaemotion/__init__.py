@@ -6,27 +6,35 @@ Importing the package registers its classes with the transformers Auto classes (
 
 __version__ = "0.1.0"
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_vaemotion import ARTEMIS_EMOTIONS, VAEmotionConfig, num_audio_tokens
+from .media import VAEmotionInputError, VideoClip, load_audio, load_video
 from .modeling_vaemotion import (
     EmotionPrediction,
     VAEmotionForConditionalGeneration,
     VAEmotionOutput,
     VAEmotionPreTrainedModel,
 )
+from .processing_vaemotion import VAEmotionProcessor
 
 AutoConfig.register("vaemotion", VAEmotionConfig, exist_ok=True)
 AutoModel.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(VAEmotionConfig, VAEmotionProcessor, exist_ok=True)
 
 __all__ = [
     "ARTEMIS_EMOTIONS",
     "EmotionPrediction",
     "VAEmotionConfig",
     "VAEmotionForConditionalGeneration",
+    "VAEmotionInputError",
     "VAEmotionOutput",
     "VAEmotionPreTrainedModel",
+    "VAEmotionProcessor",
+    "VideoClip",
+    "load_audio",
+    "load_video",
     "num_audio_tokens",
     "__version__",
 ]

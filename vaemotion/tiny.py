@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import LlavaConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, WhisperConfig
 
 from .configuration_vaemotion import VAEmotionConfig
@@ -53,7 +53,7 @@ def build_tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizer
     for token in [*SPECIAL_TOKENS, *words]:
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.normalizer = None
+    backend.normalizer = normalizers.Lowercase()  # special tokens are matched before normalization
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, glues punctuation sensibly
     backend.add_special_tokens(SPECIAL_TOKENS)  # matched whole, before pre-tokenization
@@ -188,4 +188,25 @@ def tiny_vaemotion_config(tokenizer=None, family: str = "qwen2_5_vl", window_sec
         audio_bos_token_id=tokenizer.convert_tokens_to_ids("<|audio_bos|>"),
         audio_eos_token_id=tokenizer.convert_tokens_to_ids("<|audio_eos|>"),
         **{**defaults, **kwargs},
+    )
+
+
+def build_tiny_processor(tokenizer=None, window_seconds: int = 30, num_mel_bins: int = 16, **kwargs):
+    """A [`VAEmotionProcessor`] matching [`tiny_vaemotion_config`] and [`tiny_whisper_config`].
+
+    Images and video frames are resized to between 56x56 and 112x112 pixels (a 56x56 image gives 4 tokens, a 56x56
+    video gives 4 tokens per pair of frames); the audio window is ``window_seconds`` long with ``num_mel_bins`` mels.
+    ``kwargs`` go to the processor (``audio_pool_stride``, ``max_audio_windows``, ``chat_template``).
+    """
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+
+    from .processing_vaemotion import VAEmotionProcessor
+
+    pixel_bounds = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    return VAEmotionProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixel_bounds),
+        tokenizer=tokenizer if tokenizer is not None else build_tiny_tokenizer(),
+        video_processor=Qwen2VLVideoProcessor(**pixel_bounds, cap_pixels_per_frame=True),
+        feature_extractor=WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=window_seconds),
+        **kwargs,
     )

@@ -1,0 +1,236 @@
+"""VAEmotionProcessor: placeholder counts, audio windows, batching, chat template with media paths, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tone
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
+
+from vaemotion.configuration_vaemotion import VAEmotionConfig
+from vaemotion.media import VAEmotionInputError, load_video
+from vaemotion.processing_vaemotion import VAEmotionProcessor
+from vaemotion.tiny import build_tiny_processor, tiny_qwen2_5_vl_config, tiny_whisper_config
+
+
+AUDIO = "<|audio_bos|><|audio_pad|><|audio_eos|>"
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def expected_tokens(seconds, stride=2):
+    """Independent count: Whisper makes 100 mel frames per second, its encoder halves them, the projector pools."""
+    mel_frames = round(seconds * 100)
+    return max(((mel_frames - 1) // 2 + 1) // stride, 1)
+
+
+def sound(seconds, sampling_rate=16000):
+    return {"array": tone(seconds, sampling_rate), "sampling_rate": sampling_rate}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_processor()
+
+
+def audio_token_count(processor, input_ids):
+    return int((torch.as_tensor(input_ids) == processor.audio_token_id).sum())
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 1.0, 1.73, 12.0])
+def test_audio_placeholders_follow_valid_frames(processor, seconds):
+    inputs = processor(text=f"hi {AUDIO}", audio=sound(seconds), return_tensors="pt")
+    assert audio_token_count(processor, inputs["input_ids"]) == expected_tokens(seconds)
+    assert inputs["input_features"].shape == (1, 16, 3000)
+    assert int(inputs["feature_attention_mask"].sum()) == round(seconds * 100)
+
+
+def test_bare_arrays_need_and_use_their_sampling_rate(processor):
+    eight_khz = tone(1.0, 8000)
+    inputs = processor(text=AUDIO, audio=eight_khz, sampling_rate=8000, return_tensors="pt")
+    assert audio_token_count(processor, inputs["input_ids"]) == expected_tokens(1.0)  # resampled, still 1 s
+    with pytest.raises(VAEmotionInputError, match=r"audio\[0\]: an audio array has no sampling rate"):
+        processor(text=AUDIO, audio=eight_khz)
+
+
+def test_long_audio_is_split_into_windows():
+    processor = build_tiny_processor(window_seconds=2, max_audio_windows=3)
+    inputs = processor(
+        text=[f"a {AUDIO}", f"b {AUDIO}"], audio=[sound(5.0), sound(1.0)], padding=True, return_tensors="pt"
+    )
+    # sample 0: windows of 2 s, 2 s, 1 s; sample 1: one window of 1 s; in that order
+    assert inputs["input_features"].shape == (4, 16, 200)
+    assert inputs["feature_attention_mask"].sum(-1).tolist() == [200, 200, 100, 100]
+    first = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert first.count("<|audio_bos|>") == first.count("<|audio_eos|>") == 3  # one block per window
+    counts = [audio_token_count(processor, ids) for ids in inputs["input_ids"]]
+    assert counts == [2 * expected_tokens(2.0) + expected_tokens(1.0), expected_tokens(1.0)]
+    truncated = processor(text=AUDIO, audio=sound(9.0), return_tensors="pt")  # 5 windows, 3 kept
+    assert truncated["input_features"].shape[0] == 3
+
+
+def test_mixed_batch_with_left_padding(processor):
+    image = np.zeros((56, 56, 3), np.uint8)
+    texts = [f"listen {AUDIO}", f"look {IMAGE}", "just text"]
+    inputs = processor(
+        text=texts, images=[image], audio=[sound(0.4)], padding=True, padding_side="left", return_tensors="pt"
+    )
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
+    assert ids.shape == mask.shape == types.shape
+    assert mask[:, -1].all() and not mask[2, 0]  # padding on the left, the shortest sample padded
+    assert ((types == 1) == (ids == processor.image_token_id)).all()
+    assert ((types == 3) == (ids == processor.audio_token_id)).all()
+    assert not types[mask == 0].any()
+    assert (types == 1).sum(-1).tolist() == [0, 4, 0]  # a 56x56 image: (56/14)^2 patches / 2x2 merge
+    assert (types == 3).sum(-1).tolist() == [expected_tokens(0.4), 0, 0]
+    assert inputs["pixel_values"].shape[0] == 16 and inputs["input_features"].shape[0] == 1
+
+
+def test_placeholder_count_mismatches(processor):
+    with pytest.raises(VAEmotionInputError, match="audio: the text has 2 <\\|audio_pad\\|> placeholders but 1"):
+        processor(text=AUDIO * 2, audio=sound(1.0))
+    with pytest.raises(VAEmotionInputError, match="audio: the text has 1 .* but 2"):
+        processor(text=AUDIO, audio=[sound(1.0), sound(1.0)])
+    with pytest.raises(VAEmotionInputError, match="images: the text has 0 <\\|image_pad\\|> placeholders but 1"):
+        processor(text="hi", images=[np.zeros((56, 56, 3), np.uint8)])
+
+
+def test_video_with_its_soundtrack_through_the_chat_template(processor, av_clip):
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": av_clip},  # a standalone audio first: the whole 2 s track
+                {"type": "video", "path": av_clip},
+                {"type": "text", "text": "what is the mood ?"},
+            ],
+        }
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, use_audio_in_video=True)
+    assert f"{AUDIO}<|vision_start|><|video_pad|><|vision_end|>{AUDIO}what" in prompt
+    inputs = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        use_audio_in_video=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"num_frames": 4},
+    )
+    # 20 frames at 10 fps; 4 sampled (0.0, 0.5, 1.0, 1.5 s): 2 temporal patches of 2 frames, each 1.0 s long
+    assert inputs["video_grid_thw"][0, 0] == 2
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([1.0])
+    # windows in placeholder order: the standalone track (~2 s), then the soundtrack under the frames (2.0 s)
+    lengths = inputs["feature_attention_mask"].sum(-1).tolist()
+    assert lengths[0] == pytest.approx(200, abs=5) and lengths[1] == 200
+    ids = inputs["input_ids"][0]
+    vision_end = int((ids == processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")).nonzero()[0, 0])
+    assert ids[vision_end + 1] == processor.audio_bos_token_id  # the soundtrack's block follows the video
+    assert audio_token_count(processor, ids) == sum(expected_tokens(n / 100) for n in lengths)
+    assert ((inputs["mm_token_type_ids"] == 2) == (ids == processor.video_token_id)).all()
+
+
+def test_video_clips_and_frames(processor, av_clip):
+    clip = load_video(av_clip, num_frames=4)
+    text = f"<|vision_start|><|video_pad|><|vision_end|>{AUDIO}"
+    from_clip = processor(text=text, videos=[clip], use_audio_in_video=True, return_tensors="pt")
+    from_path = processor(text=text, videos=[av_clip], use_audio_in_video=True, num_frames=4, return_tensors="pt")
+    torch.testing.assert_close(from_clip["pixel_values_videos"], from_path["pixel_values_videos"])
+    torch.testing.assert_close(from_clip["input_features"], from_path["input_features"])
+    with pytest.raises(VAEmotionInputError, match="videos: use_audio_in_video=True needs videos given as paths"):
+        processor(text=text, videos=[clip.frames], use_audio_in_video=True)
+    with pytest.raises(VAEmotionInputError, match="every video needs an audio placeholder after it"):
+        processor(text=f"<|video_pad|><|video_pad|>{AUDIO * 2}", videos=[clip, clip], use_audio_in_video=True)
+    frames_only = processor(
+        text="<|video_pad|>", videos=[clip.frames[:3]], video_metadata=[clip.metadata], return_tensors="pt"
+    )
+    assert frames_only["video_grid_thw"][0, 0] == 2  # 3 frames: the last one repeated, as Qwen's processor does
+
+
+def test_silent_video_with_audio_requested(processor, silent_clip):
+    messages = [{"role": "user", "content": [{"type": "video", "path": silent_clip}]}]
+    with pytest.raises(VAEmotionInputError, match=f"{silent_clip}: the video has no audio stream"):
+        processor.apply_chat_template(messages, tokenize=True, return_dict=True, use_audio_in_video=True)
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    assert "input_features" not in inputs and "pixel_values_videos" in inputs
+
+
+def test_save_and_load_round_trip(tmp_path, av_clip):
+    processor = build_tiny_processor(window_seconds=2, audio_pool_stride=4, max_audio_windows=2)
+    messages = [{"role": "user", "content": [{"type": "audio", "path": av_clip}, {"type": "text", "text": "hi"}]}]
+    expected = processor.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    processor.save_pretrained(tmp_path)
+    AutoProcessor.register(VAEmotionConfig, VAEmotionProcessor, exist_ok=True)
+    for loaded in (VAEmotionProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is VAEmotionProcessor
+        assert (loaded.audio_pool_stride, loaded.max_audio_windows) == (4, 2)
+        assert loaded.feature_extractor.n_samples == 2 * 16000
+        assert loaded.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == expected
+
+
+def tokenizer_without_audio_tokens():
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
+    vocab = {token: index for index, token in enumerate(["<unk>", *specials, "hi", "look", "listen"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|im_end|>"
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained_parts(tmp_path_factory):
+    vlm_dir, audio_dir = tmp_path_factory.mktemp("vlm"), tmp_path_factory.mktemp("whisper")
+    tokenizer = tokenizer_without_audio_tokens()
+    Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config(tokenizer)).save_pretrained(vlm_dir)
+    pixel_bounds = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    Qwen2_5_VLProcessor(
+        Qwen2VLImageProcessor(**pixel_bounds), tokenizer, Qwen2VLVideoProcessor(**pixel_bounds)
+    ).save_pretrained(vlm_dir)
+    WhisperModel(tiny_whisper_config(num_mel_bins=16, window_seconds=2)).save_pretrained(audio_dir)
+    WhisperFeatureExtractor(feature_size=16, chunk_length=2).save_pretrained(audio_dir)
+    return vlm_dir, audio_dir, tokenizer
+
+
+def test_from_vlm_and_audio_pretrained(pretrained_parts):
+    vlm_dir, audio_dir, original = pretrained_parts
+    processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(vlm_dir, audio_dir, max_audio_windows=2)
+    new_ids = [processor.audio_bos_token_id, processor.audio_token_id, processor.audio_eos_token_id]
+    assert len(set(new_ids)) == 3 and min(new_ids) >= len(original)  # added after the VLM's vocabulary
+    assert processor.tokenizer.audio_token == "<|audio_pad|>"
+    assert processor.tokenizer.tokenize("<|audio_bos|> hi") == ["<|audio_bos|>", "hi"]  # whole special tokens
+    assert processor.image_token_id == original.convert_tokens_to_ids("<|image_pad|>")
+    assert processor.image_processor.size["longest_edge"] == 112 * 112
+    assert processor.feature_extractor.feature_size == 16 and processor.feature_extractor.n_samples == 2 * 16000
+    inputs = processor(text=f"listen {AUDIO}", audio=sound(3.0), return_tensors="pt")
+    assert inputs["input_features"].shape == (2, 16, 200)  # two windows of the 2 s encoder
+    assert audio_token_count(processor, inputs["input_ids"]) == expected_tokens(2.0) + expected_tokens(1.0)
+
+
+def test_feature_extractor_must_fit_the_encoder(pretrained_parts, tmp_path):
+    vlm_dir, _, _ = pretrained_parts
+    WhisperModel(tiny_whisper_config(num_mel_bins=16, window_seconds=2)).save_pretrained(tmp_path)
+    built = VAEmotionProcessor.from_vlm_and_audio_pretrained(vlm_dir, tmp_path)  # no extractor saved: built
+    assert built.feature_extractor.feature_size == 16 and built.feature_extractor.chunk_length == 2
+    WhisperFeatureExtractor(feature_size=80, chunk_length=2).save_pretrained(tmp_path)
+    with pytest.raises(VAEmotionInputError, match="audio_path: the feature extractor gives 80 mel bins"):
+        VAEmotionProcessor.from_vlm_and_audio_pretrained(vlm_dir, tmp_path)
+
+
+def test_tokenizer_without_audio_tokens_is_refused():
+    processor = build_tiny_processor()
+    with pytest.raises(VAEmotionInputError, match="tokenizer: has no <\\|audio_pad\\|> token"):
+        VAEmotionProcessor(
+            processor.image_processor, tokenizer_without_audio_tokens(), processor.video_processor,
+            processor.feature_extractor,
+        )  # fmt: skip
