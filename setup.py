@@ -32,7 +32,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "metrics": ["evaluate>=0.4.6,<0.5"],
-    "dev": ["evaluate>=0.4.6,<0.5", "pytest>=8", "pytest-timeout>=2.3", "scikit-learn>=1.4"],
+    "dev": ["evaluate>=0.4.6,<0.5", "pytest>=8", "pytest-timeout>=2.3", "scikit-learn>=1.4", "parameterized>=0.9"],
 }
 
 setup(

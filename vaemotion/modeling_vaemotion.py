@@ -25,7 +25,8 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
 
@@ -234,6 +235,15 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
         self.post_init()
 
+    def initialize_weights(self):
+        super().initialize_weights()
+        # For custom-code models transformers treats a module without direct parameters as initialised and never calls
+        # `_init_weights` on it (`PreTrainedModel._initialize_weights`), which skips module-level inits of our parts:
+        # WhisperEncoder's sinusoidal `embed_positions` then kept a random normal table whenever it was not loaded
+        # (e.g. `from_pretrained` of a checkpoint lacking it). Weights that were loaded are flagged and left alone.
+        if isinstance(self.audio_tower, WhisperEncoder):
+            self.audio_tower._init_weights(self.audio_tower)
+
     # ------------------------------------------------------------------------------------------------ construction
     @classmethod
     def from_vlm_and_audio_pretrained(
@@ -420,6 +430,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         return self.emotion_enhancer(features)
 
     # ------------------------------------------------------------------------------------------------ forward
+    @can_return_tuple  # honours `return_dict=False` (argument or config) as transformers models do
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # else it reached the VLM beside cache=None
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -463,6 +475,9 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         is_prefill = cache is None or cache.get_seq_length() == 0
+        # LM targets already shifted on the full sequence (the Trainer passes them under sequence/context
+        # parallelism): they replace `labels` in the LM loss and must not reach the backbone.
+        shift_labels = kwargs.pop("shift_labels", None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         batch_size = inputs_embeds.shape[0]
@@ -496,8 +511,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        if labels is not None:
-            result.lm_loss = self._lm_loss(logits, labels, logits_to_keep)
+        if labels is not None or shift_labels is not None:
+            result.lm_loss = self._lm_loss(logits, labels, logits_to_keep, shift_labels)
         if self.emotion_supervisor is not None and is_prefill:
             if emotion_positions is None:
                 emotion_positions = _last_prompt_positions(attention_mask, labels, hidden.shape[1], batch_size)
@@ -574,9 +589,12 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         token_types[input_ids == self.config.vlm_config.video_token_id] = 2
         return token_types
 
-    def _lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, logits_to_keep) -> torch.Tensor:
+    def _lm_loss(self, logits: torch.Tensor, labels, logits_to_keep, shift_labels=None) -> torch.Tensor:
         if isinstance(logits_to_keep, int) and logits_to_keep == 0:
-            return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size)
+            vocab_size = self.config.get_text_config().vocab_size
+            return self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, shift_labels=shift_labels)
+        if shift_labels is not None:
+            raise ValueError("shift_labels are aligned with every position: pass them with logits_to_keep=0")
         # Logits were kept at some positions only: each one is scored against the token after it.
         targets = _next_token_targets(labels.to(logits.device), logits_to_keep)
         return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
@@ -629,7 +647,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             raise ValueError("this model was built with use_emotion_supervisor=False: it has no emotion heads")
         for target in ("labels", "emotion_labels", "valence", "arousal"):
             inputs.pop(target, None)
-        outputs = self(**inputs, use_cache=False, logits_to_keep=1)
+        outputs = self(**inputs, use_cache=False, logits_to_keep=1, return_dict=True)
         return EmotionPrediction(
             valence=outputs.valence.float(),
             arousal=outputs.arousal.float(),
