@@ -29,9 +29,17 @@ class DistillationSettings:
     loss_chunk_size: int | None = 256
 
 
+def peft_or_model(model):
+    """The model inside accelerate/DDP wrappers, keeping a peft wrapper (whose adapters can be disabled)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 @contextlib.contextmanager
 def adapters_disabled(model):
-    """Run ``model`` without its peft adapters (a no-op for a model without them)."""
+    """Run ``model`` without its peft adapters (a no-op for a model without them), through DDP-style wrappers."""
+    model = peft_or_model(model)
     disable = getattr(model, "disable_adapter", None)
     if disable is None or not getattr(model, "peft_config", None):
         yield

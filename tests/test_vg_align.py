@@ -1,0 +1,310 @@
+"""Stage 1 (VG-Align): data, collator, loss, trainer, LoRA, resume, CLI and a 2-process accelerate run (CPU, tiny)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import write_video
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor
+
+from vaemotion import VAEmotionConfig, VAEmotionForConditionalGeneration
+from vaemotion.processing_vaemotion import VAEmotionProcessor
+from vaemotion.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_vaemotion_config
+from vaemotion.training.data import read_clips, tokenize_response
+from vaemotion.training.lora import LLM_LORA_TARGET, lora_target_names
+from vaemotion.training.vg_align import (
+    VGAlignCollator,
+    VGAlignConfig,
+    VGAlignTrainer,
+    pair_clips_with_prompts,
+    stage1_dataset,
+    train_from_config,
+    vg_align_loss,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["describe the scene", "describe the mood"]
+CAPTIONS = ["a calm scene", "the sound is happy and high", "a sad low clip"]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # toy-sized ops: thread start-up and contention on a shared 2-core machine cost far more than they save
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny model + processor (2 s Whisper windows)."""
+    directory = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer, window_seconds=2)).save_pretrained(directory)
+    build_tiny_processor(tokenizer, window_seconds=2).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Three 1 s H.264 + AAC clips at 32x32 in a folder, and a manifest giving each a caption."""
+    directory = tmp_path_factory.mktemp("clips")
+    lines = []
+    for index, caption in enumerate(CAPTIONS):
+        name = f"clip{index}.mp4"
+        write_video(directory / name, seconds=1.0, fps=8, size=(32, 32), sampling_rate=16000, onset=0.25 * (index + 1))
+        lines.append(json.dumps({"id": f"clip{index}", "video": name, "caption": caption}))
+    manifest = directory / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"folder": str(directory), "manifest": str(manifest)}
+
+
+def make_config(tmp_path, model_dir, clips, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"), model_name_or_path=model_dir, train_data=clips["manifest"], prompts=PROMPTS,
+        response_source="caption", max_response_tokens=6, num_frames=4, per_device_train_batch_size=2,
+        learning_rate=1e-2, max_steps=2, logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True,
+        seed=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return VGAlignConfig(**values)
+
+
+def load_tiny(model_dir):
+    return VAEmotionForConditionalGeneration.from_pretrained(model_dir).eval(), VAEmotionProcessor.from_pretrained(model_dir)
+
+
+def collated_batch(tmp_path, model_dir, clips, processor, count=2):
+    config = make_config(tmp_path, model_dir, clips)
+    dataset = stage1_dataset(read_clips(config.train_data).records, processor, config)
+    return dataset, VGAlignCollator(processor)([dataset[i] for i in range(count)])
+
+
+def trainer_logs(output_dir):
+    checkpoint = max(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+
+
+# ------------------------------------------------------------------------------------------------ config and data
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"divergence": "kl"}, "divergence must be one of"),
+        ({"response_source": "oracle"}, "response_source must be one of"),
+        ({"teacher_cache_dir": "cache"}, "teacher_cache_dir needs teacher_top_k"),
+        ({"kd_weight": 0.0}, "nothing to train"),
+        ({"prompts_per_clip": 3}, r"prompts_per_clip must lie in \[1, 2\]"),
+        ({"vlm_name_or_path": "vlm"}, "exactly one model source"),
+        ({"lora_target_modules": "("}, "not a valid regex"),
+        ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
+    ],
+)
+def test_config_rejects_bad_fields(tmp_path, model_dir, clips, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, model_dir, clips, **overrides)
+
+
+def test_examples_pair_each_clip_with_its_prompts(clips):
+    records = read_clips(clips["manifest"]).records
+    assert [e.key for e in pair_clips_with_prompts(records, 2)] == [f"clip{i}::{p}" for i in range(3) for p in (0, 1)]
+    one_each = pair_clips_with_prompts(records, 2, prompts_per_clip=1)
+    assert [e.clip_id for e in one_each] == ["clip0", "clip1", "clip2"]
+    assert pair_clips_with_prompts(records[1:], 2, prompts_per_clip=1) == [
+        e.__class__(e.clip_index - 1, e.clip_id, e.prompt_index) for e in one_each[1:]
+    ]  # a clip's prompts do not depend on the other clips
+
+
+def test_collator_pairs_paths_on_one_response(tmp_path, model_dir, clips, tokenizer):
+    processor = VAEmotionProcessor.from_pretrained(model_dir)
+    _, batch = collated_batch(tmp_path, model_dir, clips, processor)
+    expected = [tokenize_response(tokenizer, caption, max_tokens=6) for caption in CAPTIONS[:1]] * 2
+    assert "pixel_values_videos" in batch["teacher"] and "input_features" not in batch["teacher"]
+    assert "input_features" in batch["student"] and "pixel_values_videos" not in batch["student"]
+    assert "labels" not in batch["student"] and "labels" not in batch["teacher"]
+    for path in ("teacher", "student"):
+        ids, positions = batch[path]["input_ids"], batch[f"{path}_positions"]
+        for row, response in enumerate(expected):
+            predicted = ids[row, positions[row, : len(response)] + 1]  # the token each kept logit predicts
+            assert predicted.tolist() == response
+            assert batch["response_ids"][row, : len(response)].tolist() == response
+            assert batch["response_mask"][row].sum() == len(response)
+    # the teacher's prompt holds video tokens, the student's audio tokens: the responses sit at different places
+    assert not torch.equal(batch["teacher_positions"], batch["student_positions"])
+
+
+# ------------------------------------------------------------------------------------------------ loss and sharing
+def test_loss_matches_a_full_logits_reference_and_teacher_has_no_grad(tmp_path, model_dir, clips):
+    model, processor = load_tiny(model_dir)
+    model.set_trainable("vg_align")
+    _, batch = collated_batch(tmp_path, model_dir, clips, processor)
+    llm_calls, vision_calls = [], []
+    llm = model.vlm.model.language_model
+    hooks = [
+        llm.register_forward_hook(lambda m, a, o: llm_calls.append((id(m), torch.is_grad_enabled()))),
+        model.vlm.model.visual.register_forward_hook(lambda m, a, o: vision_calls.append(torch.is_grad_enabled())),
+    ]
+    settings = make_config(tmp_path, model_dir, clips, temperature=2.0).distillation
+    parts = vg_align_loss(model, batch, settings, kd_weight=1.0, ce_weight=0.5)
+    parts.loss.backward()
+    for hook in hooks:
+        hook.remove()
+    # one LLM (the same module) runs twice: the teacher pass without gradients, then the student pass with them
+    assert llm_calls == [(id(llm), False), (id(llm), True)] and vision_calls == [False]
+
+    # reference: full-sequence logits of plain forwards, gathered at the response by token ids, tau^2 * KL
+    with torch.no_grad():
+        teacher = model(**batch["teacher"]).logits
+        student = model(**batch["student"]).logits
+    kl_terms, ce_terms = [], []
+    for row in range(2):
+        n = int(batch["response_mask"][row].sum())
+        t_rows = teacher[row, batch["teacher_positions"][row, :n]] / 2.0
+        s_rows = student[row, batch["student_positions"][row, :n]] / 2.0
+        kl_terms.append(F.kl_div(s_rows.log_softmax(-1), t_rows.log_softmax(-1), log_target=True, reduction="none").sum(-1))
+        ce_terms.append(F.cross_entropy(student[row, batch["student_positions"][row, :n]],
+                                        batch["response_ids"][row, :n], reduction="none"))
+    torch.testing.assert_close(parts.kd_loss, 4.0 * torch.cat(kl_terms).mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(parts.ce_loss, torch.cat(ce_terms).mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(parts.loss, parts.kd_loss + 0.5 * parts.ce_loss)
+    grads = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None}
+    assert grads == {"audio_projector"}
+
+
+def test_trainer_holds_a_single_copy_of_the_weights(tmp_path, model_dir, clips):
+    model, processor = load_tiny(model_dir)
+    model.set_trainable("vg_align")
+    config = make_config(tmp_path, model_dir, clips)
+    dataset = stage1_dataset(read_clips(config.train_data).records, processor, config)
+    trainer = VGAlignTrainer(model=model, args=config, train_dataset=dataset, data_collator=VGAlignCollator(processor))
+    reachable = set()
+    for value in vars(trainer).values():
+        if isinstance(value, torch.nn.Module):
+            reachable |= {p.data_ptr() for p in value.parameters()}
+    own = {p.data_ptr() for p in model.parameters()}
+    assert reachable == own
+    assert sum(p.numel() for p in model.parameters()) == model.count_parameters()["total"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_lowers_the_loss_and_changes_only_the_projector(tmp_path, model_dir, clips):
+    # a projector whose outputs are far too large puts the student far from the teacher: there is a gap to close
+    model, processor = load_tiny(model_dir)
+    with torch.no_grad():
+        model.audio_projector.linear_2.weight.mul_(30.0)
+    start_dir = str(tmp_path / "start")
+    model.save_pretrained(start_dir)
+    processor.save_pretrained(start_dir)
+    before = load_file(Path(start_dir) / "model.safetensors")
+    config = make_config(tmp_path, start_dir, clips, train_data=clips["folder"], response_source="teacher",
+                         per_device_train_batch_size=6, max_steps=6, learning_rate=1e-2, save_strategy="steps",
+                         save_steps=6, eval_data=clips["folder"], eval_strategy="steps", eval_steps=6)
+    output_dir = train_from_config(config)
+    after = load_file(Path(output_dir) / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and {name.split(".")[0] for name in changed} == {"audio_projector"}
+    logs = trainer_logs(output_dir)
+    kd = [entry["kd_loss"] for entry in logs if "kd_loss" in entry]
+    assert len(kd) == 6 and kd[-1] < 0.7 * kd[0]
+    evaluation = next(entry for entry in logs if "eval_loss" in entry)
+    assert {"eval_kd_loss", "eval_ce_loss", "eval_response_tokens"} <= set(evaluation)
+    # the final model and processor load through the Auto classes
+    AutoProcessor.register(VAEmotionConfig, VAEmotionProcessor, exist_ok=True)
+    assert isinstance(AutoModel.from_pretrained(output_dir), VAEmotionForConditionalGeneration)
+    assert isinstance(AutoProcessor.from_pretrained(output_dir), VAEmotionProcessor)
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path, model_dir, clips):
+    straight = make_config(tmp_path, model_dir, clips, output_dir=str(tmp_path / "straight"), max_steps=6,
+                           save_strategy="steps", save_steps=3)
+    train_from_config(straight)
+    resumed = make_config(tmp_path, model_dir, clips, output_dir=str(tmp_path / "resumed"), max_steps=6,
+                          save_strategy="steps", save_steps=3,
+                          resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-3"))
+    train_from_config(resumed)
+    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("straight", "resumed"))
+    assert not torch.equal(first["audio_projector.linear_1.weight"],
+                           load_file(Path(model_dir) / "model.safetensors")["audio_projector.linear_1.weight"])
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
+    final_loss = [[e["loss"] for e in trainer_logs(tmp_path / run) if "loss" in e][-1] for run in ("straight", "resumed")]
+    assert final_loss[0] == pytest.approx(final_loss[1], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+@pytest.mark.parametrize("family, layers", [("qwen2_5_vl", 2), ("llava", 2)])
+def test_lora_regex_targets_only_the_llm(tokenizer, family, layers):
+    model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer, family=family, window_seconds=2))
+    names = lora_target_names(model, LLM_LORA_TARGET)
+    assert len(names) == 7 * layers
+    assert all(name.startswith("vlm.model.language_model.layers.") for name in names)
+
+
+def test_lora_adapter_saves_loads_and_merges(tmp_path, model_dir, clips):
+    from peft import PeftModel
+
+    config = make_config(tmp_path, model_dir, clips, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_steps=2)
+    output_dir = train_from_config(config)
+    adapter = Path(output_dir) / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+    _, processor = load_tiny(model_dir)
+    _, batch = collated_batch(tmp_path, model_dir, clips, processor)
+
+    def logits(model):
+        with torch.no_grad():
+            return model(**batch["student"]).logits
+
+    base = logits(load_tiny(model_dir)[0])
+    loaded = load_tiny(model_dir)[0]
+    loaded.load_adapter(str(adapter))
+    merged = PeftModel.from_pretrained(load_tiny(model_dir)[0], str(adapter)).merge_and_unload()
+    saved = AutoModel.from_pretrained(output_dir).eval()
+    assert not torch.allclose(logits(loaded), base, atol=1e-4)
+    torch.testing.assert_close(logits(merged), logits(loaded), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits(saved), logits(loaded), rtol=1e-4, atol=1e-5)
+    # LoRA changed the LLM projections only; the vision tower is untouched
+    base_weights, saved_weights = load_file(Path(model_dir) / "model.safetensors"), load_file(Path(output_dir) / "model.safetensors")
+    changed = {name for name in base_weights if not torch.equal(base_weights[name], saved_weights[name])}
+    in_llm_layers = [name for name in changed if ".layers." in name and "visual" not in name]
+    assert in_llm_layers and set(changed) - set(in_llm_layers) == {n for n in changed if n.startswith("audio_projector.")}
+
+
+# ------------------------------------------------------------------------------------------------ CLI and accelerate
+def test_cli_trains_stage1_from_the_tiny_yaml(tmp_path, model_dir, clips):
+    from vaemotion.cli import main
+
+    output_dir = tmp_path / "cli_out"
+    code = main(["train", "stage1", "--config", str(REPO / "examples/configs/stage1_tiny.yaml"),
+                 "--model_name_or_path", model_dir, "--train_data", clips["folder"], "--output_dir", str(output_dir)])
+    assert code == 0
+    assert (output_dir / "model.safetensors").exists() and (output_dir / "processor_config.json").exists()
+
+
+def test_accelerate_two_processes(tmp_path, model_dir, clips):
+    config = yaml.safe_load((REPO / "examples/configs/stage1_tiny.yaml").read_text())
+    config.update(model_name_or_path=model_dir, train_data=clips["folder"], output_dir=str(tmp_path / "ddp"),
+                  per_device_train_batch_size=1, max_steps=2)
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # without GPUs, --multi_gpu starts torch.distributed on gloo (MULTI_CPU); --cpu alone would start one process
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "vaemotion.cli", "train", "stage1", "--config", str(config_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("stage1 finished") == 2  # one line per process
+    assert "on 2 processes" in result.stdout and (tmp_path / "ddp" / "model.safetensors").exists()

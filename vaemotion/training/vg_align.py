@@ -1,0 +1,919 @@
+# Copyright 2026 The VAEmotion Authors. Licensed under the Apache License, Version 2.0.
+"""Stage 1, VG-Align: the frozen visual pathway teaches the new audio pathway to hear (DESIGN.md section 3).
+
+For every (clip, prompt) pair the teacher is the model on the clip's **frames** + prompt + response, the student
+the same model on the clip's **sound** + prompt + response. The loss matches the shared LLM's next-token
+distributions at the response positions (``tau^2 * D(teacher || student)``, forward KL by default) plus an optional
+cross-entropy on the response tokens. Nothing needs labels: the response is what the teacher itself says about the
+clip (generated once, before training) or a caption from the manifest.
+
+Pieces, usable on their own (Stage 2 reuses several):
+
+- [`VGAlignConfig`]: every field of the method, on top of `TrainingArguments`.
+- [`load_model_and_processor`]: the model and processor a config names.
+- [`VGAlignDataset`] / [`VGAlignCollator`]: (clip x prompt) examples, and teacher + student batches sharing one
+  response mask.
+- [`generate_responses`]: the teacher's own responses, batched ``generate`` on the visual path.
+- [`teacher_fingerprint`] / [`build_teacher_cache`] / [`open_teacher_cache`]: the teacher cache (responses and
+  top-k log-probabilities on disk), so training never runs the vision tower again.
+- [`vg_align_loss`] / [`VGAlignTrainer`]: the loss of one batch, and the Trainer that logs its parts.
+- [`train_from_config`]: everything above, end to end (``vaemotion train stage1 --config FILE.yaml``).
+
+Example (a tiny random model and one clip written on the spot):
+
+```python
+>>> import tempfile, numpy as np, av
+>>> from vaemotion import VAEmotionForConditionalGeneration
+>>> from vaemotion.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_vaemotion_config
+>>> tokenizer = build_tiny_tokenizer()
+>>> model_dir, data_dir, out_dir = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+>>> VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer, window_seconds=2)).save_pretrained(model_dir)
+>>> _ = build_tiny_processor(tokenizer, window_seconds=2).save_pretrained(model_dir)
+>>> with av.open(f"{data_dir}/clip.mp4", "w") as container:
+...     video, sound = container.add_stream("libx264", rate=4), container.add_stream("aac", rate=16000)
+...     video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+...     for i in range(4):
+...         frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 60 * i, np.uint8), format="rgb24")
+...         frame.pts = i
+...         container.mux(video.encode(frame))
+...     container.mux(video.encode())
+...     samples = np.sin(np.arange(16000) / 10)[None].astype(np.float32)
+...     for start in range(0, 16000, 1024):
+...         frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="fltp", layout="mono")
+...         frame.sample_rate, frame.pts = 16000, start
+...         container.mux(sound.encode(frame))
+...     container.mux(sound.encode())
+>>> config = VGAlignConfig(output_dir=out_dir, model_name_or_path=model_dir, train_data=data_dir, use_cpu=True,
+...                        prompts=["describe the scene"], max_response_tokens=4, num_frames=4, max_steps=2,
+...                        disable_tqdm=True, save_strategy="no", logging_steps=1)
+>>> train_from_config(config) == out_dir  # doctest: +ELLIPSIS
+VG-Align: trainable params 6,272 of 204,484 (3.0672%); 1 training examples (1 clips x prompts) on 1 process
+...
+True
+
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import (
+    ClipDataError,
+    ClipDataset,
+    ClipRecord,
+    append_response,
+    collate_encoded,
+    encode_prompt,
+    read_clips,
+    response_positions,
+    tokenize_response,
+)
+from .distill import (
+    DistillationSettings,
+    LossPartsTrainer,
+    adapters_disabled,
+    cached_teacher,
+    peft_or_model,
+    student_distillation,
+    teacher_targets,
+    unwrap,
+)
+from .losses import DIVERGENCE_KINDS, response_cross_entropy
+from .lora import LLM_LORA_TARGET, apply_lora
+from .teacher_cache import (
+    MANIFEST_NAME,
+    TeacherCache,
+    TeacherCacheError,
+    TeacherCacheWriter,
+    fingerprint_json,
+    fingerprint_model,
+    fingerprint_processor,
+    fingerprint_prompts,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = (
+    "Describe the scene.",
+    "Describe the mood of this clip.",
+    "What is the content of this clip?",
+)
+RESPONSE_SOURCES = ("teacher", "caption")
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Weights that define the teacher (the visual path): the VLM, and the Enhancer, which every visual token goes
+# through. The audio pathway (tower + projector, the student's own parts) and the emotion heads are left out, so
+# training the projector never invalidates a cache.
+TEACHER_WEIGHT_PREFIXES = ("vlm.", "emotion_enhancer.")
+
+
+# ---------------------------------------------------------------------------------------------------- config
+@dataclass
+class VGAlignConfig(TrainingArguments):
+    r"""Configuration of Stage 1 (VG-Align): the method's fields on top of [`~transformers.TrainingArguments`].
+
+    Model: either ``model_name_or_path`` (a saved VAEmotion model + processor) or ``vlm_name_or_path`` +
+    ``audio_name_or_path`` (built with ``from_vlm_and_audio_pretrained``). Data: ``train_data`` (and optionally
+    ``eval_data``) is a folder of videos or a ``.jsonl`` manifest (see `vaemotion.training.data`).
+
+    Example:
+
+    >>> config = VGAlignConfig(output_dir="out", model_name_or_path="model", train_data="clips", use_cpu=True)
+    >>> config.divergence, config.remove_unused_columns, config.report_to
+    ('forward_kl', False, [])
+    >>> VGAlignConfig(output_dir="out", model_name_or_path="m", train_data="d", divergence="kl")
+    Traceback (most recent call last):
+    ValueError: divergence must be one of ('forward_kl', 'reverse_kl', 'jsd'), got 'kl'
+    """
+
+    # -- model
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved VAEmotion model and processor (directory or hub id)."}
+    )
+    vlm_name_or_path: str | None = field(
+        default=None, metadata={"help": "A VLM checkpoint (e.g. Qwen/Qwen2.5-VL-7B-Instruct), with audio_name_or_path."}
+    )
+    audio_name_or_path: str | None = field(
+        default=None, metadata={"help": "A Whisper checkpoint (e.g. openai/whisper-large-v3), with vlm_name_or_path."}
+    )
+    model_dtype: str | None = field(
+        default=None, metadata={"help": f"Dtype the weights are loaded in: one of {MODEL_DTYPES} (default float32)."}
+    )
+    attn_implementation: str | None = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
+    # -- data
+    train_data: str | None = field(default=None, metadata={"help": "Folder of videos or .jsonl manifest."})
+    eval_data: str | None = field(default=None, metadata={"help": "Folder of videos or .jsonl manifest (optional)."})
+    prompts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROMPTS), metadata={"help": "The pool of instructions."}
+    )
+    prompts_per_clip: int | None = field(
+        default=None, metadata={"help": "Prompts drawn (deterministically, per clip id) from the pool; None: all."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System message of every conversation."})
+    num_frames: int = field(default=8, metadata={"help": "Frames sampled per video for the teacher."})
+    # -- responses and teacher
+    response_source: str = field(
+        default="teacher", metadata={"help": "teacher: what the teacher says from the frames; caption: the manifest's."}
+    )
+    max_response_tokens: int = field(default=64, metadata={"help": "Response length cap (end-of-turn included)."})
+    teacher_generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "generate() kwargs for the teacher's responses (JSON); default greedy."}
+    )
+    teacher_batch_size: int = field(default=8, metadata={"help": "Clips per generate() / cache batch."})
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Teacher cache directory: read if it exists (stale/partial/corrupt refused), else built."},
+    )
+    # -- loss
+    divergence: str = field(default="forward_kl", metadata={"help": f"One of {DIVERGENCE_KINDS}."})
+    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature tau."})
+    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the generalised JSD, in (0, 1)."})
+    teacher_top_k: int | None = field(
+        default=None, metadata={"help": "Keep the teacher's top-k tokens (+ a rest bucket); required with a cache."}
+    )
+    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
+    ce_weight: float = field(default=0.0, metadata={"help": "Weight of the student's cross-entropy on the response."})
+    loss_chunk_size: int | None = field(default=256, metadata={"help": "Positions per chunk of the loss."})
+    # -- trainable set
+    train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the audio encoder."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default=LLM_LORA_TARGET, metadata={"help": "Regex of the LoRA target modules."})
+    # -- TrainingArguments defaults that suit this trainer
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: examples carry decoded media, not forward() arguments."}
+    )
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+
+    def __post_init__(self):
+        if isinstance(self.teacher_generation_kwargs, str):
+            self.teacher_generation_kwargs = json.loads(self.teacher_generation_kwargs)
+        if self.teacher_generation_kwargs is None:
+            self.teacher_generation_kwargs = {"do_sample": False}
+        super().__post_init__()
+        self._validate()
+
+    def _validate(self) -> None:
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(message)
+
+        pair = (self.vlm_name_or_path, self.audio_name_or_path)
+        check(
+            bool(self.model_name_or_path) != bool(any(pair)),
+            "give either model_name_or_path or vlm_name_or_path + audio_name_or_path (exactly one model source)",
+        )
+        check(all(pair) or not any(pair), "vlm_name_or_path and audio_name_or_path go together")
+        check(bool(self.train_data), "train_data is required: a folder of videos or a .jsonl manifest")
+        check(self.model_dtype is None or self.model_dtype in MODEL_DTYPES,
+              f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
+        check(isinstance(self.prompts, list) and len(self.prompts) > 0, "prompts must be a non-empty list")
+        check(all(isinstance(p, str) and p.strip() for p in self.prompts), "every prompt must be a non-empty string")
+        check(len(set(self.prompts)) == len(self.prompts), "prompts must be distinct")
+        check(self.prompts_per_clip is None or 1 <= self.prompts_per_clip <= len(self.prompts),
+              f"prompts_per_clip must lie in [1, {len(self.prompts)}] (the pool size), got {self.prompts_per_clip}")
+        check(self.num_frames >= 1, f"num_frames must be at least 1, got {self.num_frames}")
+        check(self.response_source in RESPONSE_SOURCES,
+              f"response_source must be one of {RESPONSE_SOURCES}, got {self.response_source!r}")
+        check(self.max_response_tokens >= 1, f"max_response_tokens must be at least 1, got {self.max_response_tokens}")
+        check(isinstance(self.teacher_generation_kwargs, dict), "teacher_generation_kwargs must be a mapping (JSON)")
+        check(self.teacher_batch_size >= 1, f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
+        check(self.divergence in DIVERGENCE_KINDS,
+              f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}")
+        check(math.isfinite(self.temperature) and self.temperature > 0,
+              f"temperature must be positive, got {self.temperature}")
+        check(self.divergence != "jsd" or 0 < self.jsd_beta < 1, f"jsd_beta must lie in (0, 1), got {self.jsd_beta}")
+        check(self.teacher_top_k is None or self.teacher_top_k >= 1,
+              f"teacher_top_k must be at least 1 or None, got {self.teacher_top_k}")
+        check(self.teacher_cache_dir is None or self.teacher_top_k is not None,
+              "teacher_cache_dir needs teacher_top_k: the cache stores the teacher's top-k log-probabilities "
+              "(e.g. teacher_top_k: 64)")
+        check(self.kd_weight >= 0 and self.ce_weight >= 0, "kd_weight and ce_weight must be >= 0")
+        check(self.kd_weight > 0 or self.ce_weight > 0, "kd_weight and ce_weight are both 0: nothing to train")
+        check(self.loss_chunk_size is None or self.loss_chunk_size >= 1,
+              f"loss_chunk_size must be at least 1 or None, got {self.loss_chunk_size}")
+        check(self.lora_r >= 0, f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
+        check(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        try:
+            re.compile(self.lora_target_modules)
+        except re.error as error:
+            raise ValueError(f"lora_target_modules is not a valid regex: {error}") from None
+        check(not self.remove_unused_columns,
+              "remove_unused_columns must be False: VG-Align examples are decoded clips, not forward() arguments")
+
+    @property
+    def distillation(self) -> DistillationSettings:
+        return DistillationSettings(
+            divergence=self.divergence,
+            temperature=self.temperature,
+            jsd_beta=self.jsd_beta,
+            teacher_top_k=self.teacher_top_k,
+            loss_chunk_size=self.loss_chunk_size,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def load_model_and_processor(config):
+    """The model and processor a config names: ``model_name_or_path``, or ``vlm_name_or_path`` + ``audio_name_or_path``.
+
+    Works for any config with those fields and ``model_dtype`` / ``attn_implementation`` (Stage 1 and Stage 2).
+    The model is returned in eval mode (the Trainer switches it to train mode).
+    """
+    from ..modeling_vaemotion import VAEmotionForConditionalGeneration
+    from ..processing_vaemotion import VAEmotionProcessor
+
+    dtype = config.model_dtype or "float32"
+    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if config.model_name_or_path:
+        processor = VAEmotionProcessor.from_pretrained(config.model_name_or_path)
+        model = VAEmotionForConditionalGeneration.from_pretrained(
+            config.model_name_or_path, dtype=dtype, attn_implementation=config.attn_implementation
+        )
+    else:
+        processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(config.vlm_name_or_path, config.audio_name_or_path)
+        model = VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained(
+            config.vlm_name_or_path,
+            config.audio_name_or_path,
+            tokenizer=processor.tokenizer,
+            attn_implementation=config.attn_implementation,
+            dtype=None if dtype == "auto" else dtype,
+        )
+    return model.eval(), processor
+
+
+def upcast_trainable_parameters(model: torch.nn.Module) -> int:
+    """Cast trainable half-precision parameters to float32; returns how many were cast.
+
+    A bf16 weight cannot take AdamW's small updates (8 mantissa bits), so the few trainable parameters of a
+    half-precision model are kept in float32; mixed-precision autocast runs them with the frozen bf16 ones.
+    """
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Stage1Example:
+    """One (clip, prompt) pair; ``key`` is ``f"{clip_id}::{prompt_index}"``."""
+
+    clip_index: int
+    clip_id: str
+    prompt_index: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.clip_id}::{self.prompt_index}"
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        return (self.clip_id, str(self.prompt_index))
+
+
+def pair_clips_with_prompts(records: Sequence[ClipRecord], num_prompts: int, prompts_per_clip: int | None = None):
+    """The (clip x prompt) examples: every prompt per clip, or ``prompts_per_clip`` of them drawn per clip id.
+
+    The draw is seeded by the clip id alone, so a clip keeps its prompts whatever else the data holds (and a
+    teacher cache built for one run serves the next).
+
+    >>> records = [ClipRecord(id="a"), ClipRecord(id="b")]
+    >>> [e.key for e in pair_clips_with_prompts(records, 2)]
+    ['a::0', 'a::1', 'b::0', 'b::1']
+    >>> len(pair_clips_with_prompts(records, 3, prompts_per_clip=1))
+    2
+    """
+    examples = []
+    for index, record in enumerate(records):
+        chosen = range(num_prompts)
+        if prompts_per_clip is not None and prompts_per_clip < num_prompts:
+            chosen = sorted(random.Random(f"vaemotion-stage1:{record.id}").sample(range(num_prompts), prompts_per_clip))
+        examples.extend(Stage1Example(index, record.id, prompt_index) for prompt_index in chosen)
+    return examples
+
+
+def caption_responses(records: Sequence[ClipRecord], examples, tokenizer, max_tokens: int,
+                      media_ids: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Response ids from each clip's ``caption`` (end-of-turn appended), for ``response_source="caption"``.
+
+    Captions holding any of ``media_ids`` (placeholder tokens, see [`media_token_ids`]) are refused.
+    """
+    missing = sorted({records[e.clip_index].id for e in examples if not records[e.clip_index].caption})
+    if missing:
+        raise ClipDataError(f"response_source='caption' but {len(missing)} clips have no caption: {missing[:5]}")
+    responses = {e.key: tokenize_response(tokenizer, records[e.clip_index].caption, max_tokens=max_tokens)
+                 for e in examples}
+    if media_ids is not None:
+        forbidden = set(media_ids)
+        bad = sorted({key.rsplit("::", 1)[0] for key, ids in responses.items() if forbidden & set(ids)})
+        if bad:
+            raise ClipDataError(f"captions of clips {bad[:5]} contain media placeholder tokens; remove them")
+    return responses
+
+
+class VGAlignDataset(Dataset):
+    """Stage 1 examples: each (clip, prompt) pair, decoded, with its response when known.
+
+    An item is a dict with ``key``, ``clip`` ([`DecodedClip`]), ``prompt`` and, when known, ``response_ids``; with a
+    teacher cache also ``teacher_topk_logprobs`` / ``teacher_topk_indices`` (the cache's response replaces
+    ``responses``). ``decode_picture=False`` skips the frames (training from a cache never needs them).
+
+    Args:
+        records: the clips ([`read_clips`]).
+        prompts: the prompt pool.
+        prompts_per_clip: see [`pair_clips_with_prompts`].
+        responses: ``{example key: response ids}`` (captions, or generated by [`generate_responses`]).
+        cache: an open [`TeacherCache`] holding every example (checked here).
+        num_frames / sampling_rate / frame_multiple / decode_picture: as [`ClipDataset`] takes them.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ClipRecord],
+        prompts: Sequence[str],
+        *,
+        prompts_per_clip: int | None = None,
+        responses: Mapping[str, Sequence[int]] | None = None,
+        cache: TeacherCache | None = None,
+        num_frames: int = 8,
+        sampling_rate: int = 16000,
+        frame_multiple: int = 2,
+        decode_picture: bool = True,
+    ):
+        self.records = list(records)
+        self.prompts = list(prompts)
+        self.examples = pair_clips_with_prompts(self.records, len(self.prompts), prompts_per_clip)
+        self.responses = dict(responses) if responses is not None else None
+        self.cache = cache
+        self.clips = ClipDataset(
+            self.records,
+            num_frames=num_frames,
+            sampling_rate=sampling_rate,
+            decode_picture=decode_picture,
+            frame_multiple=frame_multiple,
+        )
+        if cache is not None:
+            missing = [e.key for e in self.examples if e.cache_key not in cache]
+            if missing:
+                raise TeacherCacheError(
+                    f"the teacher cache at {cache.directory} lacks {len(missing)} of {len(self.examples)} examples "
+                    f"(e.g. {missing[:3]}); add them with `vaemotion cache-teacher CONFIG.yaml`"
+                )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        item = {"key": example.key, "clip": self.clips[example.clip_index], "prompt": self.prompts[example.prompt_index]}
+        if self.cache is not None:
+            record = self.cache[example.cache_key]
+            item["response_ids"] = record.response_ids.tolist()
+            item["teacher_topk_logprobs"] = record.topk_logprobs.float()
+            item["teacher_topk_indices"] = record.topk_indices.long()
+        elif self.responses is not None:
+            item["response_ids"] = list(self.responses[example.key])
+        return item
+
+
+def encode_path_batch(processor, items: Sequence[dict], path: str, responses: Sequence[Sequence[int]],
+                      system_prompt: str | None = None):
+    """Right-padded model inputs of ``items`` on one path with their responses appended, and the response positions.
+
+    Returns ``(batch, positions (B, R), mask (B, R))``; the batch carries no ``labels`` (the losses read the
+    response at ``positions``).
+    """
+    encoded = [
+        append_response(encode_prompt(processor, item["clip"], path, item["prompt"], system_prompt), response)
+        for item, response in zip(items, responses)
+    ]
+    batch = collate_encoded(encoded, processor.tokenizer.pad_token_id)
+    batch.pop("labels")
+    positions, mask = response_positions(batch, [len(response) for response in responses])
+    return batch, positions, mask
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], length: int, value) -> torch.Tensor:
+    """Stack ``(L_i, ...)`` tensors into ``(B, length, ...)``, padding with ``value``."""
+    out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), value)
+    for row, values in enumerate(rows):
+        out[row, : values.shape[0]] = values
+    return out
+
+
+class VGAlignCollator:
+    """Teacher (visual path) and student (audio path) batches of the same prompts and responses.
+
+    Returns ``{"student", "student_positions", "response_mask", "response_ids"}`` plus, for an online teacher,
+    ``{"teacher", "teacher_positions"}``, or, for cached items, ``{"teacher_topk_logprobs",
+    "teacher_topk_indices"}`` (``(B, R, k)``). Position ``[b, r]`` of either path predicts ``response_ids[b, r]``;
+    ``response_mask`` marks the real (non-padding) response tokens, the same for both paths.
+    """
+
+    def __init__(self, processor, system_prompt: str | None = None):
+        self.processor = processor
+        self.system_prompt = system_prompt
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        if any("response_ids" not in item for item in items):
+            raise ValueError("VGAlignCollator needs items with response_ids (captions, generated or cached)")
+        responses = [list(item["response_ids"]) for item in items]
+        student, student_positions, mask = encode_path_batch(
+            self.processor, items, "audio", responses, self.system_prompt
+        )
+        rows = [torch.tensor(response, dtype=torch.long) for response in responses]
+        out = {
+            "student": student,
+            "student_positions": student_positions,
+            "response_mask": mask,
+            "response_ids": _pad_rows(rows, mask.shape[1], self.processor.tokenizer.pad_token_id),
+        }
+        if "teacher_topk_logprobs" in items[0]:
+            # padded rows are masked out of the loss; distinct indices keep them well-formed all the same
+            k = items[0]["teacher_topk_indices"].shape[-1]
+            out["teacher_topk_logprobs"] = _pad_rows([i["teacher_topk_logprobs"] for i in items], mask.shape[1], 0.0)
+            indices = _pad_rows([i["teacher_topk_indices"] for i in items], mask.shape[1], 0)
+            out["teacher_topk_indices"] = torch.where(mask[..., None], indices, torch.arange(k))
+        else:
+            teacher, teacher_positions, teacher_mask = encode_path_batch(
+                self.processor, items, "visual", responses, self.system_prompt
+            )
+            if not torch.equal(teacher_mask, mask):
+                raise AssertionError("teacher and student response masks differ")
+            out["teacher"], out["teacher_positions"] = teacher, teacher_positions
+        return out
+
+
+def _item_batches(dataset: Dataset, batch_size: int, num_workers: int = 0):
+    """Batches of dataset items (lists of dicts), decoded by ``num_workers`` DataLoader workers."""
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=list, num_workers=num_workers)
+
+
+def _end_of_turn_id(tokenizer, end_token: str = "<|im_end|>") -> int:
+    token_id = tokenizer.convert_tokens_to_ids(end_token)
+    return tokenizer.eos_token_id if token_id is None or token_id == tokenizer.unk_token_id else token_id
+
+
+def _model_device(model) -> torch.device:
+    return next(unwrap(model).parameters()).device
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def generate_responses(
+    model,
+    processor,
+    dataset: Dataset,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    generation_kwargs: Mapping | None = None,
+    system_prompt: str | None = None,
+    num_workers: int = 0,
+) -> dict[str, list[int]]:
+    """What the frozen visual pathway says about each item: batched ``generate`` on the visual path (left padding).
+
+    ``dataset`` yields dicts with ``key``, ``clip`` (frames decoded) and ``prompt`` (e.g. a [`VGAlignDataset`]).
+    Each response ends with the end-of-turn token: the one generated, or one appended when ``max_new_tokens`` cut
+    the answer (the token budget then includes it). Adapters are disabled: the teacher is the pretrained VLM.
+
+    Returns ``{key: response ids}``.
+    """
+    tokenizer = processor.tokenizer
+    end_id = _end_of_turn_id(tokenizer)
+    device = _model_device(model)
+    # a placeholder token inside a response would be taken for media the batch does not carry
+    kwargs = {"do_sample": False, **(generation_kwargs or {})}
+    kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or ()) | set(media_token_ids(processor)))
+    responses = {}
+    for items in _item_batches(dataset, batch_size, num_workers):
+        encoded = [encode_prompt(processor, item["clip"], "visual", item["prompt"], system_prompt) for item in items]
+        batch = _to_device(collate_encoded(encoded, tokenizer.pad_token_id, padding_side="left"), device)
+        with adapters_disabled(model):
+            sequences = unwrap(model).generate(
+                **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=end_id, **kwargs,
+            )  # fmt: skip
+        for item, generated in zip(items, sequences[:, batch["input_ids"].shape[1] :].tolist()):
+            responses[item["key"]] = _close_response(generated, end_id, max_new_tokens)
+    return responses
+
+
+def media_token_ids(processor) -> list[int]:
+    """Ids of the media placeholder and delimiter tokens (image/video/audio), which no response may contain."""
+    tokenizer = processor.tokenizer
+    names = ("image_token", "video_token", "audio_token", "audio_bos_token", "audio_eos_token",
+             "vision_bos_token", "vision_eos_token")
+    tokens = {getattr(processor, name, None) or getattr(tokenizer, name, None) for name in names}
+    ids = {tokenizer.convert_tokens_to_ids(token) for token in tokens if token}
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
+def _close_response(generated: list[int], end_id: int, max_tokens: int) -> list[int]:
+    """Generated ids up to and including the first end-of-turn; an unfinished answer is cut and closed."""
+    if end_id in generated:
+        return generated[: generated.index(end_id) + 1]
+    return generated[: max_tokens - 1] + [end_id]
+
+
+# ---------------------------------------------------------------------------------------------------- teacher cache
+def teacher_fingerprint(model, processor, config) -> dict[str, str]:
+    """What the cached teacher outputs depend on: the frozen visual-path weights (not the audio pathway being
+    trained), the processor, the prompt pool, how responses are made, and the top-k/temperature of the targets.
+
+    Compute it on the model as loaded (before LoRA): the teacher always runs with adapters disabled.
+    """
+    return {
+        "weights": fingerprint_model(unwrap(model), include=TEACHER_WEIGHT_PREFIXES),
+        "processor": fingerprint_processor(processor),
+        "prompts": fingerprint_prompts(list(config.prompts)),
+        "responses": fingerprint_json(
+            {
+                "source": config.response_source,
+                "max_response_tokens": config.max_response_tokens,
+                "generation": config.teacher_generation_kwargs,
+                "system_prompt": config.system_prompt,
+                "num_frames": config.num_frames,
+            }
+        ),
+        "targets": fingerprint_json({"top_k": config.teacher_top_k, "temperature": config.temperature}),
+    }
+
+
+def open_teacher_cache(config, fingerprint: Mapping[str, str]) -> TeacherCache:
+    """Open ``config.teacher_cache_dir``, refusing a stale, partial or corrupt cache with the cache's error."""
+    return TeacherCache.open(config.teacher_cache_dir, fingerprint)
+
+
+@torch.no_grad()
+def build_teacher_cache(
+    model,
+    processor,
+    datasets: Sequence[VGAlignDataset],
+    config,
+    fingerprint: Mapping[str, str],
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> int:
+    """Write (or resume, or extend) the teacher cache of ``datasets``: responses and top-k log-probabilities.
+
+    For each example not yet cached: the response (the teacher's own, generated on the visual path, or the
+    caption the dataset holds), then one teacher-forced pass on the visual path that keeps the teacher's top-k
+    log-probabilities at each response position. Returns the number of records added.
+    """
+    settings = config.distillation
+    vocab_size = unwrap(model).config.get_text_config().vocab_size
+    device = _model_device(model)
+    writer = TeacherCacheWriter(
+        config.teacher_cache_dir,
+        fingerprint,
+        k=min(config.teacher_top_k, vocab_size),
+        temperature=config.temperature,
+        vocab_size=vocab_size,
+        overwrite=overwrite,
+    )
+    added = 0
+    with writer:
+        for dataset in datasets:
+            todo = [i for i, example in enumerate(dataset.examples) if example.cache_key not in writer]
+            batches = _item_batches(Subset(dataset, todo), config.teacher_batch_size, config.dataloader_num_workers)
+            for items in _progress(batches, progress, "teacher cache"):
+                responses = [item.get("response_ids") for item in items]
+                if config.response_source == "teacher":
+                    generated = generate_responses(
+                        model, processor, items, max_new_tokens=config.max_response_tokens,
+                        batch_size=len(items), generation_kwargs=config.teacher_generation_kwargs,
+                        system_prompt=config.system_prompt,
+                    )  # fmt: skip
+                    responses = [generated[item["key"]] for item in items]
+                batch, positions, mask = encode_path_batch(processor, items, "visual", responses, config.system_prompt)
+                top = teacher_targets(unwrap(model), _to_device(batch, device), positions.to(device), settings)
+                for row, (item, response) in enumerate(zip(items, responses)):
+                    clip_id, prompt_index = item["key"].rsplit("::", 1)
+                    n = len(response)
+                    added += writer.add(
+                        (clip_id, prompt_index), torch.tensor(response), top.logprobs[row, :n], top.indices[row, :n]
+                    )
+    return added
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description)
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+class VGAlignLoss(NamedTuple):
+    """One batch's loss and its parts (``kd_loss`` None when ``kd_weight`` is 0)."""
+
+    loss: torch.Tensor
+    kd_loss: torch.Tensor | None
+    ce_loss: torch.Tensor
+    response_tokens: torch.Tensor
+
+
+def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_weight: float = 1.0,
+                  ce_weight: float = 0.0) -> VGAlignLoss:
+    """``kd_weight * KD + ce_weight * CE`` of one [`VGAlignCollator`] batch; ``model`` may be wrapped.
+
+    The teacher is the same ``model`` on the visual batch, without gradients and with adapters disabled (or the
+    cached top-k, when the batch carries it); the student is ``model`` on the audio batch. Logits exist only at
+    the response positions. The CE is always returned for logging (computed without a graph when its weight is 0).
+    """
+    mask = inputs["response_mask"]
+    kd = teacher = None
+    if kd_weight > 0:
+        if "teacher_topk_logprobs" in inputs:
+            teacher = cached_teacher(inputs, settings.temperature)
+        else:
+            teacher = teacher_targets(model, inputs["teacher"], inputs["teacher_positions"], settings)
+    labels = inputs["response_ids"].masked_fill(~mask, -100)
+    if teacher is not None:
+        kd, ce, outputs = student_distillation(
+            model, inputs["student"], inputs["student_positions"], mask, teacher, settings,
+            response_ids=inputs["response_ids"] if ce_weight > 0 else None,
+        )  # fmt: skip
+    else:
+        outputs, ce = model(**inputs["student"], logits_to_keep=inputs["student_positions"], use_cache=False), None
+    if ce is None:
+        trains_ce = ce_weight > 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains_ce):
+            logits = outputs.logits if trains_ce else outputs.logits.detach()
+            ce = response_cross_entropy(logits, labels, chunk_size=settings.loss_chunk_size)
+    loss = ce_weight * ce if ce_weight > 0 else 0.0
+    if kd is not None:
+        loss = loss + kd_weight * kd
+    return VGAlignLoss(loss, kd, ce, mask.sum())
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class VGAlignTrainer(LossPartsTrainer):
+    """The Stage 1 Trainer: [`vg_align_loss`] per batch, its parts logged (``kd_loss``, ``ce_loss``,
+    ``response_tokens``: teacher and student score the same response tokens), evaluation by loss only.
+
+    Teacher and student are the one ``model`` the Trainer holds (and wraps for DDP/FSDP/DeepSpeed): no copy.
+    ``args`` is a [`VGAlignConfig`]; pass ``data_collator=VGAlignCollator(processor)``.
+    """
+
+    def __init__(self, model=None, args: VGAlignConfig | None = None, **kwargs):
+        super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # the loss is a per-micro-batch mean: the Trainer scales it
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        parts = vg_align_loss(
+            model, inputs, self.args.distillation, kd_weight=self.args.kd_weight, ce_weight=self.args.ce_weight
+        )
+        self.record_loss_parts(kd_loss=parts.kd_loss, ce_loss=parts.ce_loss, response_tokens=parts.response_tokens)
+        return (parts.loss, parts) if return_outputs else parts.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss only: no full-vocabulary logits are gathered across the eval set."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def floating_point_ops(self, inputs) -> int:
+        # the Trainer's estimate looks for `input_ids` at the top level; here it sits inside the student batch
+        return 6 * inputs["student"]["input_ids"].numel() * unwrap(self.model).num_parameters(exclude_embeddings=True)
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+def stage1_dataset(records: Sequence[ClipRecord], processor, config, *, cache: TeacherCache | None = None):
+    """A [`VGAlignDataset`] of ``records`` as ``config`` describes it: captions as responses for
+    ``response_source="caption"``; with ``cache``, responses and teacher targets from it and no frames decoded."""
+    responses = None
+    if cache is None and config.response_source == "caption":
+        examples = pair_clips_with_prompts(records, len(config.prompts), config.prompts_per_clip)
+        responses = caption_responses(records, examples, processor.tokenizer, config.max_response_tokens,
+                                      media_token_ids(processor))
+    return VGAlignDataset(
+        records,
+        config.prompts,
+        prompts_per_clip=config.prompts_per_clip,
+        responses=responses,
+        cache=cache,
+        num_frames=config.num_frames,
+        sampling_rate=processor.feature_extractor.sampling_rate,
+        frame_multiple=processor.video_processor.temporal_patch_size,
+        decode_picture=cache is None,
+    )
+
+
+def build_datasets(model, processor, config) -> tuple[VGAlignDataset, VGAlignDataset | None]:
+    """The train (and eval) datasets of a config, with their responses: from the teacher cache (built here first
+    when ``teacher_cache_dir`` has none), from captions, or generated by the teacher and kept in memory.
+
+    In a multi-process run the main process builds a missing cache while the others wait; generated responses are
+    split across processes and gathered.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    sources = [config.train_data] + ([config.eval_data] if config.eval_data else [])
+    records = [read_clips(source).records for source in sources]
+    if config.teacher_cache_dir:
+        fingerprint = teacher_fingerprint(model, processor, config)
+        with state.main_process_first():
+            if state.is_main_process and not (Path(config.teacher_cache_dir) / MANIFEST_NAME).exists():
+                model.to(state.device)
+                sets = [stage1_dataset(clips, processor, config) for clips in records]
+                build_teacher_cache(model, processor, sets, config, fingerprint, progress=not config.disable_tqdm)
+        cache = open_teacher_cache(config, fingerprint)
+        built = [stage1_dataset(clips, processor, config, cache=cache) for clips in records]
+    else:
+        built = [stage1_dataset(clips, processor, config) for clips in records]
+    if config.response_source == "teacher" and not config.teacher_cache_dir:
+        model.to(state.device)
+        for dataset in built:
+            shard = Subset(dataset, list(range(state.process_index, len(dataset), state.num_processes)))
+            generated = generate_responses(
+                model, processor, shard, max_new_tokens=config.max_response_tokens,
+                batch_size=config.teacher_batch_size, generation_kwargs=config.teacher_generation_kwargs,
+                system_prompt=config.system_prompt, num_workers=config.dataloader_num_workers,
+            )  # fmt: skip
+            if state.num_processes > 1:
+                generated = dict(gather_object(list(generated.items())))
+            dataset.responses = generated
+    return built[0], (built[1] if len(built) > 1 else None)
+
+
+def prepare_trainable_model(model, config):
+    """Freeze all but the Stage 1 trainable set (+ LoRA); returns ``(model or PeftModel, counts)``.
+
+    The projector (and the audio encoder with ``train_audio_encoder``) trains in full; with ``lora_r > 0`` they
+    become peft ``modules_to_save`` next to LoRA adapters on the LLM (``lora_target_modules``).
+    """
+    report = model.set_trainable("vg_align", train_audio_encoder=config.train_audio_encoder)
+    if config.bf16 or config.fp16:
+        upcast_trainable_parameters(model)
+    if config.lora_r > 0:
+        model = apply_lora(
+            model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules, modules_to_save=report["modules"],
+        )  # fmt: skip
+    counts = unwrap(model).count_parameters()
+    return model, counts
+
+
+def save_final_model(trainer: VGAlignTrainer, processor, output_dir: str) -> None:
+    """Save the trained model + processor to ``output_dir`` (loadable with AutoModel/AutoProcessor).
+
+    With LoRA, the adapter (with the fully trained modules) goes to ``output_dir/adapter`` and the merged model to
+    ``output_dir``; under FSDP/DeepSpeed only the adapter is written (merge it offline with ``merge_and_unload``).
+    """
+    from peft import PeftModel
+
+    model = peft_or_model(trainer.model)
+    if not isinstance(model, PeftModel):
+        trainer.save_model(output_dir)
+        return
+    adapter_dir = str(Path(output_dir) / "adapter")
+    trainer.save_model(adapter_dir)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        logger.warning(f"sharded training: saved the LoRA adapter to {adapter_dir}; merge it with merge_and_unload")
+        return
+    if trainer.args.should_save:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+
+
+def resume_argument(value: str | None):
+    if value is None or value.lower() in ("", "false", "no"):
+        return None
+    return True if value.lower() in ("true", "last") else value
+
+
+def train_from_config(config: VGAlignConfig) -> str:
+    """Run Stage 1 end to end: load, responses/cache, trainable set (+ LoRA), train, save. Returns ``output_dir``.
+
+    ``resume_from_checkpoint`` may be a checkpoint path, or ``last``/``true`` for the newest one in ``output_dir``.
+    """
+    from transformers import set_seed
+
+    start = time.perf_counter()
+    set_seed(config.seed)
+    model, processor = load_model_and_processor(config)
+    train_set, eval_set = build_datasets(model, processor, config)
+    model, counts = prepare_trainable_model(model, config)
+    trainer = VGAlignTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=VGAlignCollator(processor, config.system_prompt),
+        processing_class=processor,
+    )
+    main = trainer.is_world_process_zero()
+    if main:
+        share = 100 * counts["trainable"] / max(counts["total"], 1)
+        print(f"VG-Align: trainable params {counts['trainable']:,} of {counts['total']:,} ({share:.4f}%); "
+              f"{len(train_set)} training examples ({len(train_set.records)} clips x prompts) on "
+              f"{config.world_size} process{'es' if config.world_size > 1 else ''}"
+              + (", teacher from cache" if train_set.cache is not None else ""))
+    resume = resume_argument(config.resume_from_checkpoint)
+    if resume is True and get_last_checkpoint(config.output_dir) is None:
+        resume = None
+    result = trainer.train(resume_from_checkpoint=resume)
+    save_final_model(trainer, processor, config.output_dir)
+    if main:
+        print(f"VG-Align done in {time.perf_counter() - start:.1f}s: {trainer.state.global_step} steps, "
+              f"train_loss {result.training_loss:.4f}; saved to {config.output_dir}")
+    return config.output_dir
+
+
+CONFIG_CLASS = VGAlignConfig
+
+__all__ = [
+    "CONFIG_CLASS",
+    "DEFAULT_PROMPTS",
+    "Stage1Example",
+    "VGAlignCollator",
+    "VGAlignConfig",
+    "VGAlignDataset",
+    "VGAlignLoss",
+    "VGAlignTrainer",
+    "build_datasets",
+    "build_teacher_cache",
+    "caption_responses",
+    "encode_path_batch",
+    "generate_responses",
+    "load_model_and_processor",
+    "media_token_ids",
+    "open_teacher_cache",
+    "pair_clips_with_prompts",
+    "prepare_trainable_model",
+    "save_final_model",
+    "stage1_dataset",
+    "teacher_fingerprint",
+    "train_from_config",
+    "upcast_trainable_parameters",
+    "vg_align_loss",
+]
