@@ -7,6 +7,9 @@ are loaded by path:
 >>> f1 = evaluate.load(metric_path("emotion_f1"))  # doctest: +SKIP
 >>> f1.compute(predictions=[0, 1, 1], references=[0, 1, 2])["macro_f1"]  # doctest: +SKIP
 0.5555555555555555
+
+The harness (``evaluate_model``, ``write_report``; ``vaemotion eval`` on the command line) and the model adapters
+(``load_adapter``) are imported on first use.
 """
 
 import os
@@ -26,6 +29,23 @@ from .artemo import (
 )
 
 METRIC_NAMES = ("artemo_accuracy", "emotion_f1", "valence_arousal")
+
+# The harness and the model adapters load on first use: they pull in the processors and matplotlib.
+_LAZY_EXPORTS = {
+    "evaluate_model": "harness",
+    "evaluate_checkpoints": "harness",
+    "write_report": "harness",
+    "adapter_for": "baselines",
+    "load_adapter": "baselines",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def metric_path(name: str) -> str:
@@ -49,11 +69,16 @@ __all__ = [
     "ArtEmoBenchmark",
     "ArtEmoConfig",
     "ArtEmoValidationError",
+    "adapter_for",
     "cast_audio",
     "embed_media",
+    "evaluate_checkpoints",
+    "evaluate_model",
     "export_parquet",
+    "load_adapter",
     "load_artemo",
     "metric_path",
     "push_artemo_to_hub",
     "read_metadata",
+    "write_report",
 ]
