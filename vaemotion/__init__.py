@@ -7,6 +7,7 @@ Importing the package registers its classes with the transformers Auto classes (
 __version__ = "0.1.0"
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vaemotion import ARTEMIS_EMOTIONS, VAEmotionConfig, num_audio_tokens
 from .media import VAEmotionInputError, VideoClip, load_audio, load_video
@@ -16,15 +17,24 @@ from .modeling_vaemotion import (
     VAEmotionOutput,
     VAEmotionPreTrainedModel,
 )
+from .pipeline_vaemotion import AudioVisualEmotionPipeline
 from .processing_vaemotion import VAEmotionProcessor
 
 AutoConfig.register("vaemotion", VAEmotionConfig, exist_ok=True)
 AutoModel.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(VAEmotionConfig, VAEmotionForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(VAEmotionConfig, VAEmotionProcessor, exist_ok=True)
+# An Auto class, not our own: transformers resolves a saved pipeline's model classes by name in its own namespace.
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-visual-emotion",
+    pipeline_class=AudioVisualEmotionPipeline,
+    pt_model=AutoModelForImageTextToText,
+    type="multimodal",
+)
 
 __all__ = [
     "ARTEMIS_EMOTIONS",
+    "AudioVisualEmotionPipeline",
     "EmotionPrediction",
     "VAEmotionConfig",
     "VAEmotionForConditionalGeneration",
