@@ -453,3 +453,17 @@ def test_full_omni_checkpoint_loads_only_its_thinker(tokenizer, tmp_path):
     input_ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(adapter.model(input_ids=input_ids).logits, thinker(input_ids=input_ids).logits)
+
+
+def test_vaemotion_without_supervisor_reads_emotion_from_label_words(data_dir, tokenizer):
+    """The "no Supervisor" ablation has no emotion heads: it is scored like the baselines, never with NaN heads."""
+    torch.manual_seed(0)
+    config = tiny_vaemotion_config(tokenizer, window_seconds=WINDOW_SECONDS, use_emotion_supervisor=False)
+    model = VAEmotionForConditionalGeneration(config).eval()
+    processor = build_tiny_processor(tokenizer, window_seconds=WINDOW_SECONDS)
+    results = evaluate_model(
+        model, processor, data_dir, configs=["audio_visual"], batch_size=2, num_frames=2, progress=False
+    )
+    assert results["emotion_source"] == "label_words"
+    metrics = results["configs"]["audio_visual"]
+    assert 0.0 <= metrics["category_acc"] <= 1.0 and np.isfinite(metrics["valence_rmse"])

@@ -153,13 +153,14 @@ class ModelAdapter:
 
 
 class VAEmotionAdapter(ModelAdapter):
-    """Our model: every config, emotion from the EmoAdapter heads read in the same prefill as the options."""
+    """Our model: every config, emotion from the EmoAdapter heads read in the same prefill as the options (from
+    label-word likelihood, like the baselines, for a model built without the Emotion Supervisor)."""
 
     model_class = VAEmotionForConditionalGeneration
-    emotion_source = "heads"
 
     def __init__(self, model, processor, name: str | None = None):
         super().__init__(model, processor, name)
+        self.emotion_source = "heads" if model.emotion_supervisor is not None else "label_words"
         labels = list(model.config.emotion_labels)
         missing = sorted(set(ARTEMIS_EMOTIONS) - set(labels))
         if missing:
