@@ -211,6 +211,8 @@ class DecodedClip:
     image: np.ndarray | None = None  # (H, W, 3) uint8
     audio: np.ndarray | None = None  # float32 mono at sampling_rate
     sampling_rate: int = 16000
+    # encode_prompt's results for this clip, reused while the clip stays in memory (ClipDataset(keep_in_memory=True))
+    encodings: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class ClipDataset(Dataset):
@@ -223,6 +225,9 @@ class ClipDataset(Dataset):
         decode_picture / decode_audio: skip a stream nobody needs (e.g. the frames when a teacher cache holds
             the visual pathway's outputs).
         frame_multiple: the VLM's temporal patch size (2 for Qwen2.5-VL).
+        keep_in_memory: keep each clip once decoded, with its encodings (see [`encode_prompt`]), so later epochs
+            neither decode nor re-process it: for data sets that fit in memory (the CPU demo). Each DataLoader
+            worker keeps its own copy.
     """
 
     def __init__(
@@ -234,6 +239,7 @@ class ClipDataset(Dataset):
         decode_picture: bool = True,
         decode_audio: bool = True,
         frame_multiple: int = 2,
+        keep_in_memory: bool = False,
     ):
         self.records = list(records)
         self.num_frames = num_frames
@@ -241,11 +247,19 @@ class ClipDataset(Dataset):
         self.decode_picture = decode_picture
         self.decode_audio = decode_audio
         self.frame_multiple = frame_multiple
+        self.kept: dict[int, DecodedClip] | None = {} if keep_in_memory else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> DecodedClip:
+        if self.kept is None:
+            return self._decode(index)
+        if index not in self.kept:
+            self.kept[index] = self._decode(index)
+        return self.kept[index]
+
+    def _decode(self, index: int) -> DecodedClip:
         record = self.records[index]
         clip = DecodedClip(record=record, sampling_rate=self.sampling_rate)
         video_audio_needed = self.decode_audio and record.audio is None
@@ -297,7 +311,19 @@ def conversation(clip: DecodedClip, path: str, prompt: str, system: str | None =
 
 
 def encode_prompt(processor, clip: DecodedClip, path: str, prompt: str, system: str | None = None) -> dict:
-    """Model inputs of one clip on one path, ending with the assistant header (no response yet), unpadded."""
+    """Model inputs of one clip on one path, ending with the assistant header (no response yet), unpadded.
+
+    The result is remembered on ``clip`` (per processor, path, prompt and system prompt), so a clip kept in memory
+    is processed once however many epochs see it. Callers must not modify the returned tensors in place.
+    """
+    key = (id(processor), path, prompt, system)
+    remembered = clip.encodings.get(key)
+    if remembered is None or remembered[0] is not processor:  # holding the processor keeps its id from being reused
+        remembered = clip.encodings[key] = (processor, _encode_prompt(processor, clip, path, prompt, system))
+    return remembered[1]
+
+
+def _encode_prompt(processor, clip: DecodedClip, path: str, prompt: str, system: str | None) -> dict:
     text = processor.apply_chat_template(conversation(clip, path, prompt, system), add_generation_prompt=True)
     media = {}
     if path in ("visual", "audio_visual"):

@@ -175,6 +175,10 @@ class EmoAdapterConfig(TrainingArguments):
     system_prompt: str | None = field(default=None, metadata={"help": "System turn (default: the chat template's)."})
     max_response_tokens: int = field(default=64, metadata={"help": "Answers are cut to this many tokens."})
     num_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each video."})
+    keep_clips_in_memory: bool = field(
+        default=False,
+        metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
+    )
     w_lm: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the answer tokens."})
     w_kd: float = field(default=1.0, metadata={"help": "Weight of the visual-teacher distillation (0: no teacher)."})
     w_emo: float = field(default=1.0, metadata={"help": "Weight of the emotion loss of the LLM-state heads."})
@@ -402,6 +406,7 @@ def clip_dataset(records: Sequence[ClipRecord], config: EmoAdapterConfig, proces
         decode_picture=config.kd_enabled or any(path in PICTURE_PATHS for path in config.paths),
         decode_audio=any(path in AUDIO_PATHS for path in config.paths),
         frame_multiple=getattr(vision_config, "temporal_patch_size", 1),
+        keep_in_memory=config.keep_clips_in_memory,
     )
 
 
