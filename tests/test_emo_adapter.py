@@ -182,7 +182,7 @@ def test_collator_presents_every_clip_on_every_path(workspace, tmp_path, batches
 def test_untrained_enhancer_is_the_identity(workspace, tmp_path, batches):
     trainer = build_trainer(make_config(workspace, tmp_path))
     batch, model = first_batch(trainer, batches), trainer.model.eval()
-    without = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))
+    without = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))[0]
     with torch.no_grad():
         enhanced = student_forward(model, batch)
         with emotion_enhancer_bypassed(model):
@@ -199,7 +199,7 @@ def test_teacher_is_the_frozen_visual_pathway(workspace, tmp_path, batches):
     config = make_config(workspace, tmp_path)
     trainer = build_trainer(config)
     batch, model = first_batch(trainer, batches), trainer.model.eval()
-    reference = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))
+    reference = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))[0]
     torch.nn.init.normal_(model.emotion_enhancer.up.weight, std=0.5)
     with torch.no_grad():
         teacher = visual_teacher(model, batch, config)
@@ -263,7 +263,7 @@ def test_each_loss_part_matches_an_independent_formula(workspace, tmp_path, batc
     with torch.no_grad():
         step = emo_adapter_loss(model, batch, config)
         out = student_forward(model, batch)
-        frozen = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))
+        frozen = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))[0]
         teacher = frozen(**batch["teacher_inputs"], logits_to_keep=batch["teacher_positions"]).logits
 
     n, targets, labels = len(CLIPS), torch.stack([batch["valence"], batch["arousal"]], -1), batch["emotion_labels"]
@@ -352,7 +352,7 @@ def test_lora_adapters_train_and_leave_the_teacher_alone(workspace, tmp_path, ba
             parameter.data.normal_(std=0.5)
     with torch.no_grad():
         teacher = visual_teacher(model, batch, trainer.args)
-        frozen = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))
+        frozen = load_model(make_config(workspace, tmp_path, use_emotion_enhancer=False))[0]
         expected = frozen(**batch["teacher_inputs"], logits_to_keep=batch["teacher_positions"]).logits
     torch.testing.assert_close(teacher, expected)
 

@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from accelerate import PartialState
 
+    from .arguments import load_model_and_processor
     from .cli import parse_stage_config
     from .data import read_clips
-    from .vg_align import build_teacher_cache, load_model_and_processor, stage1_dataset, teacher_fingerprint
+    from .vg_align import build_teacher_cache, stage1_dataset, teacher_fingerprint
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--overwrite", action="store_true")

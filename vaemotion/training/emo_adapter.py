@@ -82,12 +82,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import AutoConfig, TrainingArguments, set_seed
+from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..benchmark.functional import concordance_correlation_coefficient, f1_scores
 from ..modeling_vaemotion import VAEmotionForConditionalGeneration, VAEmotionOutput
-from ..processing_vaemotion import VAEmotionProcessor
 from .data import (
     PATHS,
     ClipDataError,
@@ -101,10 +100,10 @@ from .data import (
     response_positions,
     tokenize_response,
 )
-from .distill import DistillationSettings, LossPartsTrainer, adapters_disabled, teacher_targets, unwrap
-from .lora import LLM_LORA_TARGET, apply_lora
+from .distill import LossPartsTrainer, adapters_disabled, teacher_targets, unwrap
+from .arguments import VAEmotionTrainingArguments, load_model_and_processor
+from .lora import apply_lora
 from .losses import (
-    DIVERGENCE_KINDS,
     VA_LOSS_KINDS,
     Teacher,
     category_loss,
@@ -113,7 +112,6 @@ from .losses import (
     valence_arousal_loss,
 )
 from .vg_align import (
-    MODEL_DTYPES,
     resume_argument,
     save_final_model,
     upcast_trainable_parameters,
@@ -130,7 +128,7 @@ WEIGHTED_PARTS = {"lm_loss": "w_lm", "kd_loss": "w_kd", "emo_loss": "w_emo", "au
 
 
 @dataclass
-class EmoAdapterConfig(TrainingArguments):
+class EmoAdapterConfig(VAEmotionTrainingArguments):
     r"""Configuration of Stage 2 (EmoAdapter): the [`~transformers.TrainingArguments`] plus the fields below.
 
     Example:
@@ -150,16 +148,6 @@ class EmoAdapterConfig(TrainingArguments):
     ```
     """
 
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A saved VAEmotion model and processor (e.g. a Stage 1 output directory) to start from."},
-    )
-    model_dtype: str | None = field(
-        default=None, metadata={"help": f"Dtype the weights are loaded in: one of {MODEL_DTYPES} (default float32)."}
-    )
-    attn_implementation: str | None = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
-    train_data: str | None = field(default=None, metadata={"help": "jsonl manifest of emotion-labelled clips."})
-    eval_data: str | None = field(default=None, metadata={"help": "Optional jsonl manifest for evaluation."})
     paths: list[str] = field(
         default_factory=lambda: list(PATHS),
         metadata={"help": "Paths each clip is presented on, with the same labels: audio, visual, audio_visual."},
@@ -172,13 +160,6 @@ class EmoAdapterConfig(TrainingArguments):
         default="{emotion}",
         metadata={"help": "Response for clips without an answer; may name {emotion}, {valence} and {arousal}."},
     )
-    system_prompt: str | None = field(default=None, metadata={"help": "System turn (default: the chat template's)."})
-    max_response_tokens: int = field(default=64, metadata={"help": "Answers are cut to this many tokens."})
-    num_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each video."})
-    keep_clips_in_memory: bool = field(
-        default=False,
-        metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
-    )
     w_lm: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the answer tokens."})
     w_kd: float = field(default=1.0, metadata={"help": "Weight of the visual-teacher distillation (0: no teacher)."})
     w_emo: float = field(default=1.0, metadata={"help": "Weight of the emotion loss of the LLM-state heads."})
@@ -186,29 +167,15 @@ class EmoAdapterConfig(TrainingArguments):
     va_loss: str = field(default="mse", metadata={"help": "Valence/arousal regression: mse, ccc or mse+ccc."})
     va_weight: float = field(default=1.0, metadata={"help": "Weight of the valence/arousal part of an emotion loss."})
     category_weight: float = field(default=1.0, metadata={"help": "Weight of the category part of an emotion loss."})
-    divergence: str = field(default="forward_kl", metadata={"help": "KD divergence: forward_kl, reverse_kl or jsd."})
-    temperature: float = field(default=1.0, metadata={"help": "KD temperature tau."})
-    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the JSD mixture (divergence=jsd)."})
-    teacher_top_k: int | None = field(default=None, metadata={"help": "Keep only the teacher's top-k tokens."})
     train_projector: bool = field(default=False, metadata={"help": "Also train the audio projector."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default=LLM_LORA_TARGET, metadata={"help": "Regex of the LoRA target modules."})
     use_emotion_enhancer: bool = field(default=True, metadata={"help": "Ablation: keep the Emotion Enhancer."})
     use_emotion_supervisor: bool = field(default=True, metadata={"help": "Ablation: keep the Emotion Supervisor."})
     use_kd: bool = field(default=True, metadata={"help": "Ablation: keep the visual-teacher distillation term."})
-    # Raw clips reach the collator; the Trainer must not drop "unused" columns.
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator reads raw clips."})
 
     def __post_init__(self):
         super().__post_init__()
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path is required: a saved VAEmotion model + processor (Stage 1's output)")
-        if not self.train_data:
-            raise ValueError("train_data is required: a jsonl manifest of emotion-labelled clips (docs/stage2_data.md)")
-        if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
-            raise ValueError(f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
         self.paths = _checked_paths(self.paths)
         for name in ("w_lm", "w_kd", "w_emo", "aux_weight", "va_weight", "category_weight"):
             value = getattr(self, name)
@@ -216,38 +183,18 @@ class EmoAdapterConfig(TrainingArguments):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.va_loss not in VA_LOSS_KINDS:
             raise ValueError(f"va_loss must be one of {VA_LOSS_KINDS}, got {self.va_loss!r}")
-        if self.divergence not in DIVERGENCE_KINDS:
-            raise ValueError(f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.teacher_top_k is not None and self.teacher_top_k < 1:
-            raise ValueError(f"teacher_top_k must be >= 1 (or unset: the full distribution), got {self.teacher_top_k}")
-        if self.num_frames < 1 or self.max_response_tokens < 2:
-            raise ValueError("num_frames must be >= 1 and max_response_tokens >= 2 (a word and the end of turn)")
         _check_template(self.answer_template)
-        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_r must be >= 0 (0: no LoRA) and lora_dropout in [0, 1), got {self.lora_r}, "
-                             f"{self.lora_dropout}")
         if self.use_kd and not set(self.paths) & set(STUDENT_PATHS):
             raise ValueError(
                 f"use_kd needs a path that hears (audio or audio_visual), got {self.paths}: add one, or set "
                 "use_kd=False"
             )
-        if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns must be False: Stage 2's collator reads the raw clips")
 
     @property
     def kd_enabled(self) -> bool:
         """Whether the KD term is computed (and the teacher run): ``use_kd`` and ``w_kd > 0``."""
         return self.use_kd and self.w_kd > 0
 
-    def distillation_settings(self) -> DistillationSettings:
-        return DistillationSettings(
-            divergence=self.divergence,
-            temperature=self.temperature,
-            jsd_beta=self.jsd_beta,
-            teacher_top_k=self.teacher_top_k,
-        )
 
 
 def _checked_paths(paths: Sequence[str]) -> list[str]:
@@ -441,7 +388,7 @@ def visual_teacher(model, batch: dict, config: EmoAdapterConfig) -> Teacher:
     # teacher_targets cannot find peft's adapters through a DDP wrapper: disable them on the peft model itself
     with emotion_enhancer_bypassed(unwrap(model)), adapters_disabled(model):
         return teacher_targets(model, batch["teacher_inputs"], batch["teacher_positions"],
-                               config.distillation_settings())
+                               config.distillation)
 
 
 @dataclass
@@ -594,17 +541,14 @@ class EmotionMetrics:
 
 
 # ---------------------------------------------------------------------------------------------------- entry points
-def load_model(config: EmoAdapterConfig) -> VAEmotionForConditionalGeneration:
-    """The model of ``model_name_or_path`` with the ablation switches applied: the config flags are overridden at
-    load time, so a disabled module is never built (and its saved weights are ignored)."""
-    dtype = config.model_dtype or "float32"
-    return VAEmotionForConditionalGeneration.from_pretrained(
-        config.model_name_or_path,
-        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-        attn_implementation=config.attn_implementation,
+def load_model(config: EmoAdapterConfig):
+    """The model and processor of ``model_name_or_path`` with the ablation switches applied: the config flags are
+    overridden at load time, so a disabled module is never built (and its saved weights are ignored)."""
+    return load_model_and_processor(
+        config,
         use_emotion_enhancer=config.use_emotion_enhancer,
         use_emotion_supervisor=config.use_emotion_supervisor,
-    ).eval()
+    )
 
 
 def prepare_trainable_model(model, config: EmoAdapterConfig):
@@ -643,8 +587,8 @@ def build_trainer(config: EmoAdapterConfig) -> EmoAdapterTrainer:
     eval_records = read_emotion_clips(config.eval_data, **read) if config.eval_data else None
 
     set_seed(config.seed)  # modules the checkpoint lacks are initialised at load time
-    processor = VAEmotionProcessor.from_pretrained(config.model_name_or_path)
-    model, counts = prepare_trainable_model(load_model(config), config)
+    model, processor = load_model(config)
+    model, counts = prepare_trainable_model(model, config)
     collator = EmoAdapterCollator(
         processor, emotion_labels, paths=config.paths, with_teacher=config.kd_enabled,
         default_question=config.default_question, answer_template=config.answer_template,

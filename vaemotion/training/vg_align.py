@@ -58,9 +58,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +67,6 @@ from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import (
@@ -93,8 +90,9 @@ from .distill import (
     teacher_targets,
     unwrap,
 )
-from .losses import DIVERGENCE_KINDS, response_cross_entropy
-from .lora import LLM_LORA_TARGET, apply_lora
+from .arguments import VAEmotionTrainingArguments, load_model_and_processor
+from .losses import response_cross_entropy
+from .lora import apply_lora
 from .teacher_cache import (
     MANIFEST_NAME,
     TeacherCache,
@@ -114,7 +112,6 @@ DEFAULT_PROMPTS = (
     "What is the content of this clip?",
 )
 RESPONSE_SOURCES = ("teacher", "caption")
-MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Weights that define the teacher (the visual path): the VLM, and the Enhancer, which every visual token goes
 # through. The audio pathway (tower + projector, the student's own parts) and the emotion heads are left out, so
 # training the projector never invalidates a cache.
@@ -123,7 +120,7 @@ TEACHER_WEIGHT_PREFIXES = ("vlm.", "emotion_enhancer.")
 
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass
-class VGAlignConfig(TrainingArguments):
+class VGAlignConfig(VAEmotionTrainingArguments):
     r"""Configuration of Stage 1 (VG-Align): the method's fields on top of [`~transformers.TrainingArguments`].
 
     Model: either ``model_name_or_path`` (a saved VAEmotion model + processor) or ``vlm_name_or_path`` +
@@ -140,40 +137,23 @@ class VGAlignConfig(TrainingArguments):
     ValueError: divergence must be one of ('forward_kl', 'reverse_kl', 'jsd'), got 'kl'
     """
 
-    # -- model
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved VAEmotion model and processor (directory or hub id)."}
-    )
+    # -- model: model_name_or_path (shared), or a VLM and an audio encoder to assemble
     vlm_name_or_path: str | None = field(
         default=None, metadata={"help": "A VLM checkpoint (e.g. Qwen/Qwen2.5-VL-7B-Instruct), with audio_name_or_path."}
     )
     audio_name_or_path: str | None = field(
         default=None, metadata={"help": "A Whisper checkpoint (e.g. openai/whisper-large-v3), with vlm_name_or_path."}
     )
-    model_dtype: str | None = field(
-        default=None, metadata={"help": f"Dtype the weights are loaded in: one of {MODEL_DTYPES} (default float32)."}
-    )
-    attn_implementation: str | None = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
-    # -- data
-    train_data: str | None = field(default=None, metadata={"help": "Folder of videos or .jsonl manifest."})
-    eval_data: str | None = field(default=None, metadata={"help": "Folder of videos or .jsonl manifest (optional)."})
+    # -- prompts and responses
     prompts: list[str] = field(
         default_factory=lambda: list(DEFAULT_PROMPTS), metadata={"help": "The pool of instructions."}
     )
     prompts_per_clip: int | None = field(
         default=None, metadata={"help": "Prompts drawn (deterministically, per clip id) from the pool; None: all."}
     )
-    system_prompt: str | None = field(default=None, metadata={"help": "System message of every conversation."})
-    num_frames: int = field(default=8, metadata={"help": "Frames sampled per video for the teacher."})
-    keep_clips_in_memory: bool = field(
-        default=False,
-        metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
-    )
-    # -- responses and teacher
     response_source: str = field(
         default="teacher", metadata={"help": "teacher: what the teacher says from the frames; caption: the manifest's."}
     )
-    max_response_tokens: int = field(default=64, metadata={"help": "Response length cap (end-of-turn included)."})
     teacher_generation_kwargs: dict | str | None = field(
         default=None, metadata={"help": "generate() kwargs for the teacher's responses (JSON); default greedy."}
     )
@@ -183,26 +163,10 @@ class VGAlignConfig(TrainingArguments):
         metadata={"help": "Teacher cache directory: read if it exists (stale/partial/corrupt refused), else built."},
     )
     # -- loss
-    divergence: str = field(default="forward_kl", metadata={"help": f"One of {DIVERGENCE_KINDS}."})
-    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature tau."})
-    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the generalised JSD, in (0, 1)."})
-    teacher_top_k: int | None = field(
-        default=None, metadata={"help": "Keep the teacher's top-k tokens (+ a rest bucket); required with a cache."}
-    )
     kd_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of the student's cross-entropy on the response."})
-    loss_chunk_size: int | None = field(default=256, metadata={"help": "Positions per chunk of the loss."})
     # -- trainable set
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the audio encoder."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default=LLM_LORA_TARGET, metadata={"help": "Regex of the LoRA target modules."})
-    # -- TrainingArguments defaults that suit this trainer
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: examples carry decoded media, not forward() arguments."}
-    )
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
         if isinstance(self.teacher_generation_kwargs, str):
@@ -223,84 +187,23 @@ class VGAlignConfig(TrainingArguments):
             "give either model_name_or_path or vlm_name_or_path + audio_name_or_path (exactly one model source)",
         )
         check(all(pair) or not any(pair), "vlm_name_or_path and audio_name_or_path go together")
-        check(bool(self.train_data), "train_data is required: a folder of videos or a .jsonl manifest")
-        check(self.model_dtype is None or self.model_dtype in MODEL_DTYPES,
-              f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
         check(isinstance(self.prompts, list) and len(self.prompts) > 0, "prompts must be a non-empty list")
         check(all(isinstance(p, str) and p.strip() for p in self.prompts), "every prompt must be a non-empty string")
         check(len(set(self.prompts)) == len(self.prompts), "prompts must be distinct")
         check(self.prompts_per_clip is None or 1 <= self.prompts_per_clip <= len(self.prompts),
               f"prompts_per_clip must lie in [1, {len(self.prompts)}] (the pool size), got {self.prompts_per_clip}")
-        check(self.num_frames >= 1, f"num_frames must be at least 1, got {self.num_frames}")
         check(self.response_source in RESPONSE_SOURCES,
               f"response_source must be one of {RESPONSE_SOURCES}, got {self.response_source!r}")
-        check(self.max_response_tokens >= 1, f"max_response_tokens must be at least 1, got {self.max_response_tokens}")
         check(isinstance(self.teacher_generation_kwargs, dict), "teacher_generation_kwargs must be a mapping (JSON)")
         check(self.teacher_batch_size >= 1, f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
-        check(self.divergence in DIVERGENCE_KINDS,
-              f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}")
-        check(math.isfinite(self.temperature) and self.temperature > 0,
-              f"temperature must be positive, got {self.temperature}")
-        check(self.divergence != "jsd" or 0 < self.jsd_beta < 1, f"jsd_beta must lie in (0, 1), got {self.jsd_beta}")
-        check(self.teacher_top_k is None or self.teacher_top_k >= 1,
-              f"teacher_top_k must be at least 1 or None, got {self.teacher_top_k}")
         check(self.teacher_cache_dir is None or self.teacher_top_k is not None,
               "teacher_cache_dir needs teacher_top_k: the cache stores the teacher's top-k log-probabilities "
               "(e.g. teacher_top_k: 64)")
         check(self.kd_weight >= 0 and self.ce_weight >= 0, "kd_weight and ce_weight must be >= 0")
         check(self.kd_weight > 0 or self.ce_weight > 0, "kd_weight and ce_weight are both 0: nothing to train")
-        check(self.loss_chunk_size is None or self.loss_chunk_size >= 1,
-              f"loss_chunk_size must be at least 1 or None, got {self.loss_chunk_size}")
-        check(self.lora_r >= 0, f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
-        check(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
-        check(0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
-        try:
-            re.compile(self.lora_target_modules)
-        except re.error as error:
-            raise ValueError(f"lora_target_modules is not a valid regex: {error}") from None
-        check(not self.remove_unused_columns,
-              "remove_unused_columns must be False: VG-Align examples are decoded clips, not forward() arguments")
-
-    @property
-    def distillation(self) -> DistillationSettings:
-        return DistillationSettings(
-            divergence=self.divergence,
-            temperature=self.temperature,
-            jsd_beta=self.jsd_beta,
-            teacher_top_k=self.teacher_top_k,
-            loss_chunk_size=self.loss_chunk_size,
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- model
-def load_model_and_processor(config):
-    """The model and processor a config names: ``model_name_or_path``, or ``vlm_name_or_path`` + ``audio_name_or_path``.
-
-    Works for any config with those fields and ``model_dtype`` / ``attn_implementation`` (Stage 1 and Stage 2).
-    The model is returned in eval mode (the Trainer switches it to train mode).
-    """
-    from ..modeling_vaemotion import VAEmotionForConditionalGeneration
-    from ..processing_vaemotion import VAEmotionProcessor
-
-    dtype = config.model_dtype or "float32"
-    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    if config.model_name_or_path:
-        processor = VAEmotionProcessor.from_pretrained(config.model_name_or_path)
-        model = VAEmotionForConditionalGeneration.from_pretrained(
-            config.model_name_or_path, dtype=dtype, attn_implementation=config.attn_implementation
-        )
-    else:
-        processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(config.vlm_name_or_path, config.audio_name_or_path)
-        model = VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained(
-            config.vlm_name_or_path,
-            config.audio_name_or_path,
-            tokenizer=processor.tokenizer,
-            attn_implementation=config.attn_implementation,
-            dtype=None if dtype == "auto" else dtype,
-        )
-    return model.eval(), processor
-
-
 def upcast_trainable_parameters(model: torch.nn.Module) -> int:
     """Cast trainable half-precision parameters to float32; returns how many were cast.
 

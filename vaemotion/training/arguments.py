@@ -1,0 +1,136 @@
+"""What Stage 1 and Stage 2 configs share: the model to load, the data, the distillation settings, LoRA, and the
+`TrainingArguments` defaults that suit trainers fed with decoded clips."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from .distill import DistillationSettings
+from .losses import DIVERGENCE_KINDS
+from .lora import LLM_LORA_TARGET
+
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class VAEmotionTrainingArguments(TrainingArguments):
+    """Fields common to [`VGAlignConfig`] and [`EmoAdapterConfig`], validated in one place."""
+
+    # -- model
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved VAEmotion model and processor (directory or hub id)."}
+    )
+    model_dtype: str | None = field(
+        default=None, metadata={"help": f"Dtype the weights are loaded in: one of {MODEL_DTYPES} (default float32)."}
+    )
+    attn_implementation: str | None = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
+    # -- data
+    train_data: str | None = field(default=None, metadata={"help": "Training clips: a .jsonl manifest (or a folder)."})
+    eval_data: str | None = field(default=None, metadata={"help": "Evaluation clips, in the same form (optional)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System turn (default: the chat template's)."})
+    num_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each video."})
+    keep_clips_in_memory: bool = field(
+        default=False,
+        metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
+    )
+    max_response_tokens: int = field(default=64, metadata={"help": "Responses are cut to this many tokens."})
+    # -- distillation from the visual teacher
+    divergence: str = field(default="forward_kl", metadata={"help": f"KD divergence: one of {DIVERGENCE_KINDS}."})
+    temperature: float = field(default=1.0, metadata={"help": "KD temperature tau."})
+    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the generalised JSD, in (0, 1)."})
+    teacher_top_k: int | None = field(
+        default=None, metadata={"help": "Keep the teacher's top-k tokens (+ a rest bucket); None: all of them."}
+    )
+    loss_chunk_size: int | None = field(default=256, metadata={"help": "Positions per chunk of the KD loss."})
+    # -- LoRA on the LLM
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default=LLM_LORA_TARGET, metadata={"help": "Regex of the LoRA target modules."})
+    # -- TrainingArguments defaults that suit these trainers
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: examples carry decoded clips, not forward() arguments."}
+    )
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_shared()
+
+    def _validate_shared(self) -> None:
+        checks = [
+            (bool(self.train_data), "train_data is required: a .jsonl manifest of clips (or a folder of videos)"),
+            (self.model_dtype is None or self.model_dtype in MODEL_DTYPES,
+             f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}"),
+            (self.num_frames >= 1, f"num_frames must be at least 1, got {self.num_frames}"),
+            (self.max_response_tokens >= 2,
+             f"max_response_tokens must be at least 2 (a word and the end of turn), got {self.max_response_tokens}"),
+            (self.divergence in DIVERGENCE_KINDS,
+             f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}"),
+            (math.isfinite(self.temperature) and self.temperature > 0,
+             f"temperature must be positive, got {self.temperature}"),
+            (self.divergence != "jsd" or 0 < self.jsd_beta < 1, f"jsd_beta must lie in (0, 1), got {self.jsd_beta}"),
+            (self.teacher_top_k is None or self.teacher_top_k >= 1,
+             f"teacher_top_k must be at least 1 or None, got {self.teacher_top_k}"),
+            (self.loss_chunk_size is None or self.loss_chunk_size >= 1,
+             f"loss_chunk_size must be at least 1 or None, got {self.loss_chunk_size}"),
+            (self.lora_r >= 0, f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}"),
+            (self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}"),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}"),
+            (not self.remove_unused_columns,
+             "remove_unused_columns must be False: the collators read decoded clips, not forward() arguments"),
+        ]
+        for holds, message in checks:
+            if not holds:
+                raise ValueError(message)
+        try:
+            re.compile(self.lora_target_modules)
+        except re.error as error:
+            raise ValueError(f"lora_target_modules is not a valid regex: {error}") from None
+
+    @property
+    def torch_dtype(self):
+        """The dtype weights are loaded in (``"auto"`` passes through)."""
+        dtype = self.model_dtype or "float32"
+        return dtype if dtype == "auto" else getattr(torch, dtype)
+
+    @property
+    def distillation(self) -> DistillationSettings:
+        return DistillationSettings(
+            divergence=self.divergence,
+            temperature=self.temperature,
+            jsd_beta=self.jsd_beta,
+            teacher_top_k=self.teacher_top_k,
+            loss_chunk_size=self.loss_chunk_size,
+        )
+
+
+def load_model_and_processor(config: VAEmotionTrainingArguments, **config_overrides):
+    """The model and processor a config names: ``model_name_or_path``, or (Stage 1) ``vlm_name_or_path`` +
+    ``audio_name_or_path``. ``config_overrides`` replace fields of the saved model config at load time (a module
+    switched off is never built). The model is returned in eval mode (the Trainer switches it to train mode)."""
+    from ..modeling_vaemotion import VAEmotionForConditionalGeneration
+    from ..processing_vaemotion import VAEmotionProcessor
+
+    dtype = config.torch_dtype
+    if config.model_name_or_path:
+        processor = VAEmotionProcessor.from_pretrained(config.model_name_or_path)
+        model = VAEmotionForConditionalGeneration.from_pretrained(
+            config.model_name_or_path, dtype=dtype, attn_implementation=config.attn_implementation, **config_overrides
+        )
+    else:
+        processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(config.vlm_name_or_path, config.audio_name_or_path)
+        model = VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained(
+            config.vlm_name_or_path,
+            config.audio_name_or_path,
+            tokenizer=processor.tokenizer,
+            attn_implementation=config.attn_implementation,
+            dtype=None if dtype == "auto" else dtype,
+            **config_overrides,
+        )
+    return model.eval(), processor
