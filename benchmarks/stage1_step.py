@@ -40,7 +40,8 @@ import torch
 
 from vaemotion import VAEmotionConfig, VAEmotionForConditionalGeneration, num_audio_tokens
 from vaemotion.training.distill import DistillationSettings, teacher_targets
-from vaemotion.training.vg_align import upcast_trainable_parameters, vg_align_loss
+from vaemotion.training.arguments import upcast_trainable_parameters
+from vaemotion.training.vg_align import vg_align_loss
 
 PRESETS = {
     "tiny": {"frames": 4, "pixels": 56, "audio_seconds": 2, "window_seconds": 2, "prompt": 16, "response": 16},

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .distill import DistillationSettings
+from .distill import DistillationSettings, unwrap
 from .losses import DIVERGENCE_KINDS
-from .lora import LLM_LORA_TARGET
+from .lora import LLM_LORA_TARGET, apply_lora
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -134,3 +134,31 @@ def load_model_and_processor(config: VAEmotionTrainingArguments, **config_overri
             **config_overrides,
         )
     return model.eval(), processor
+
+
+def upcast_trainable_parameters(model: torch.nn.Module) -> int:
+    """Cast trainable half-precision parameters to float32; returns how many were cast.
+
+    A bf16 weight cannot take AdamW's small updates (8 mantissa bits), so the few trainable parameters of a
+    half-precision model are kept in float32; mixed-precision autocast runs them with the frozen bf16 ones.
+    """
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
+def finish_trainable_setup(model, config: VAEmotionTrainingArguments, trainable_modules: list[str]):
+    """After a stage froze all but its modules: keep them in float32 under mixed precision, attach LoRA adapters to
+    the LLM when ``lora_r > 0`` (the fully trained modules become peft ``modules_to_save``), and count parameters.
+    Returns ``(model or PeftModel, {"trainable", "total"})``."""
+    if config.bf16 or config.fp16:
+        upcast_trainable_parameters(model)
+    if config.lora_r > 0:
+        model = apply_lora(
+            model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules, modules_to_save=trainable_modules,
+        )  # fmt: skip
+    return model, unwrap(model).count_parameters()

@@ -101,8 +101,7 @@ from .data import (
     tokenize_response,
 )
 from .distill import LossPartsTrainer, adapters_disabled, teacher_targets, unwrap
-from .arguments import VAEmotionTrainingArguments, load_model_and_processor
-from .lora import apply_lora
+from .arguments import VAEmotionTrainingArguments, finish_trainable_setup, load_model_and_processor
 from .losses import (
     VA_LOSS_KINDS,
     Teacher,
@@ -114,7 +113,6 @@ from .losses import (
 from .vg_align import (
     resume_argument,
     save_final_model,
-    upcast_trainable_parameters,
 )
 
 # Paths distilled from the visual teacher: the ones that hear.
@@ -561,14 +559,7 @@ def prepare_trainable_model(model, config: EmoAdapterConfig):
     if not report["modules"] and config.lora_r == 0:
         raise ValueError("nothing to train: the Enhancer and the Supervisor are both disabled, train_projector is "
                          "False and lora_r is 0")
-    if config.bf16 or config.fp16:
-        upcast_trainable_parameters(model)
-    if config.lora_r > 0:
-        model = apply_lora(
-            model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules, modules_to_save=report["modules"],
-        )  # fmt: skip
-    return model, unwrap(model).count_parameters()
+    return finish_trainable_setup(model, config, report["modules"])
 
 
 def build_trainer(config: EmoAdapterConfig) -> EmoAdapterTrainer:

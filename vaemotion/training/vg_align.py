@@ -90,9 +90,12 @@ from .distill import (
     teacher_targets,
     unwrap,
 )
-from .arguments import VAEmotionTrainingArguments, load_model_and_processor
+from .arguments import (
+    VAEmotionTrainingArguments,
+    finish_trainable_setup,
+    load_model_and_processor,
+)
 from .losses import response_cross_entropy
-from .lora import apply_lora
 from .teacher_cache import (
     MANIFEST_NAME,
     TeacherCache,
@@ -204,20 +207,6 @@ class VGAlignConfig(VAEmotionTrainingArguments):
 
 
 # ---------------------------------------------------------------------------------------------------- model
-def upcast_trainable_parameters(model: torch.nn.Module) -> int:
-    """Cast trainable half-precision parameters to float32; returns how many were cast.
-
-    A bf16 weight cannot take AdamW's small updates (8 mantissa bits), so the few trainable parameters of a
-    half-precision model are kept in float32; mixed-precision autocast runs them with the frozen bf16 ones.
-    """
-    cast = 0
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
-            parameter.data = parameter.data.float()
-            cast += 1
-    return cast
-
-
 # ---------------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class Stage1Example:
@@ -721,15 +710,7 @@ def prepare_trainable_model(model, config):
     become peft ``modules_to_save`` next to LoRA adapters on the LLM (``lora_target_modules``).
     """
     report = model.set_trainable("vg_align", train_audio_encoder=config.train_audio_encoder)
-    if config.bf16 or config.fp16:
-        upcast_trainable_parameters(model)
-    if config.lora_r > 0:
-        model = apply_lora(
-            model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules, modules_to_save=report["modules"],
-        )  # fmt: skip
-    counts = unwrap(model).count_parameters()
-    return model, counts
+    return finish_trainable_setup(model, config, report["modules"])
 
 
 def save_final_model(trainer: VGAlignTrainer, processor, output_dir: str) -> None:
@@ -824,6 +805,5 @@ __all__ = [
     "stage1_dataset",
     "teacher_fingerprint",
     "train_from_config",
-    "upcast_trainable_parameters",
     "vg_align_loss",
 ]
