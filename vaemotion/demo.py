@@ -57,9 +57,9 @@ class DemoSettings:
     num_frames: int = 2
     vision_pretrain_epochs: int = 10
     sight_epochs: int = 12
-    stage1_epochs: int = 70
+    stage1_epochs: int = 50
     stage1_learning_rate: float = 5e-3
-    stage2_epochs: int = 10
+    stage2_epochs: int = 6
     stage2_learning_rate: float = 3e-3
     batch_size: int = 16
     teacher_top_k: int = 8
