@@ -51,7 +51,6 @@ setup(
     entry_points={"console_scripts": ["vaemotion=vaemotion.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
