@@ -44,7 +44,7 @@ True
 (1, [4, 7])
 >>> TeacherCache.open(directory, {**fingerprint, "weights": "w2"})  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
-TeacherCacheError: stale teacher cache at /tmp/...: component 'weights' changed (cache w1, expected w2); ...
+TeacherCacheError: stale teacher cache at ...: component 'weights' changed (cache w1, expected w2); ...
 """
 
 from __future__ import annotations
