@@ -173,12 +173,6 @@ def test_modality_features_really_enter_the_llm(qwen_model, tokenizer):
     other_image = {**inputs, "pixel_values": torch.randn_like(inputs["pixel_values"])}
     assert not torch.allclose(qwen_model(**other_audio).logits, base)
     assert not torch.allclose(qwen_model(**other_image).logits, base)
-    # Padded mel frames beyond the valid length must not matter.
-    padded = inputs["input_features"].clone()
-    padded[..., 150:] = 0
-    inputs_zero_pad = {**inputs, "input_features": padded}
-    # Whisper attends to the whole window, so padding content can move valid frames slightly; the token count holds.
-    assert qwen_model(**inputs_zero_pad).logits.shape == base.shape
 
 
 def test_audio_features_match_manual_pipeline(qwen_model):
@@ -261,6 +255,7 @@ def test_predict_emotion_is_one_prefill(qwen_model, tokenizer):
     assert torch.allclose(prediction.probabilities.sum(-1), torch.ones(1))
     row = prediction.to_list()[0]
     assert row["emotion"] in qwen_model.config.emotion_labels and set(row["scores"]) == set(prediction.labels)
+    assert prediction.top_labels() == [max(row["scores"], key=row["scores"].get)]
 
 
 # ------------------------------------------------------------------------------------------------ generation

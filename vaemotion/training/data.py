@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -405,7 +405,3 @@ def tokenize_response(tokenizer, text: str, end_token: str = "<|im_end|>", max_t
     if end_id is None or end_id == tokenizer.unk_token_id:
         end_id = tokenizer.eos_token_id
     return ids + [end_id]
-
-
-def record_to_dict(record: ClipRecord) -> dict:
-    return {key: value for key, value in asdict(record).items() if value is not None}
