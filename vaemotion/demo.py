@@ -399,7 +399,7 @@ def plot_results(results: dict, path: Path) -> None:
 
     runs = {**{stage: results["stages"][stage] for stage in STAGES}, **results["ablations"]}
     metrics = (("content_acc", "content accuracy"), ("emotion_acc", "emotion accuracy"), ("va_ccc", "VA CCC"))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=False)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5), sharey=False)
     width = 0.8 / len(runs)
     for axis, (metric, title) in zip(axes, metrics):
         for offset, (name, table) in enumerate(runs.items()):
@@ -411,9 +411,10 @@ def plot_results(results: dict, path: Path) -> None:
         axis.set_xticks(np.arange(len(MODALITIES)) + 0.4 - width / 2, MODALITIES)
         axis.set_title(title)
         axis.set_ylim(0, 1)
-    axes[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     figure.suptitle("VAEmotion on ArtEmo-Synth: stages and ablations")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the panels
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
