@@ -27,6 +27,10 @@ Run::
 Steps of the three arms are interleaved (a noisy machine slows them alike). Peak memory is
 ``torch.cuda.max_memory_allocated`` over one step of each arm after a reset, on GPU; on CPU it is reported as n/a (a process-wide
 RSS peak cannot be reset between arms). Goals: cached <= 1.15x plain time; online peak <= 1.05x plain peak.
+
+Then the teacher alone: its forward (visual path, logits at the response positions, no grad) and its vision tower,
+each with its median time, its FLOPs as torch's FLOP counter counts them, and the achieved rate as a share of a
+large square matmul's rate measured in the same run (the chip's practical peak).
 """
 
 from __future__ import annotations
@@ -198,6 +202,66 @@ def measure(model, arms: dict, optimizer, args) -> tuple[dict, dict]:
     return times, peaks
 
 
+def median_time(fn, device: str, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up (synchronised on GPU)."""
+    cuda = device.startswith("cuda")
+    fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def counted_flops(fn) -> int | None:
+    """Floating-point operations of one ``fn()`` as torch's FLOP counter sees them (matmuls and attention), or None
+    where the counter cannot count an operation (e.g. grouped-query SDPA in torch 2.11)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    except AssertionError:
+        return None
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: str, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of one large square matmul in ``dtype``: the chip's practical peak for this run."""
+    size = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / median_time(lambda: a @ b, device, repeats=10)
+
+
+def teacher_breakdown(model, inputs: dict, args, dtype: torch.dtype) -> dict:
+    """The teacher's forward (visual path, logits at the response positions) and its vision tower alone: median
+    time, counted FLOPs, and achieved FLOP/s against the measured matmul rate."""
+    teacher = inputs["teacher"]
+    autocast = torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
+    def forward():
+        with torch.no_grad(), autocast:
+            model(**teacher, logits_to_keep=inputs["teacher_positions"], use_cache=False)
+
+    def vision_tower():
+        with torch.no_grad(), autocast:
+            model.get_video_features(teacher["pixel_values_videos"], teacher["video_grid_thw"])
+
+    rate = matmul_rate(args.device, dtype)
+    report = {"matmul_flops_per_s": rate}
+    for name, fn in (("teacher_forward", forward), ("vision_tower", vision_tower)):
+        seconds = median_time(fn, args.device, repeats=max(args.steps, 3))
+        flops = counted_flops(fn)
+        report[name] = {"seconds": seconds, "flops": flops, "flops_per_s": None if flops is None else flops / seconds}
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -242,7 +306,18 @@ def main(argv=None) -> dict:
         print(f"  online/plain peak memory {ratio_memory:.3f} (goal <= 1.05)")
     else:
         print("  online/plain peak memory n/a on CPU")
-    return {"median_s": medians, "peak_bytes": peaks}
+    print(f"  online/plain time {medians['online'] / medians['plain']:.3f}")
+    teacher = teacher_breakdown(model, inputs, args, dtype)
+    rate = teacher["matmul_flops_per_s"]
+    print(f"  measured {args.dtype} matmul rate {rate / 1e12:.1f} TFLOP/s")
+    for name in ("teacher_forward", "vision_tower"):
+        part = teacher[name]
+        line = f"  {name:<15} {1000 * part['seconds']:9.1f} ms"
+        if part["flops"] is not None:
+            line += (f"   {part['flops'] / 1e12:8.2f} TFLOP   {part['flops_per_s'] / 1e12:7.1f} TFLOP/s = "
+                     f"{100 * part['flops_per_s'] / rate:5.1f} % of the matmul rate")
+        print(line)
+    return {"median_s": medians, "peak_bytes": peaks, "teacher": teacher}
 
 
 if __name__ == "__main__":
