@@ -424,3 +424,24 @@ def test_eager_and_sdpa_agree(tokenizer):
     eager_model.set_attn_implementation("eager")
     assert eager_model.vlm.config.get_text_config()._attn_implementation == "eager"
     torch.testing.assert_close(eager_model(**inputs).logits, sdpa, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_window_attention_equals_the_stock_vision_attention(qwen_model):
+    """Windows of equal length are attended in one SDPA call; uneven grids give windows of several lengths."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+
+    from vaemotion.modeling_vaemotion import VAEmotionWindowedVisionAttention
+
+    blocks = qwen_model.vlm.model.visual.blocks
+    assert all(type(block.attn) is VAEmotionWindowedVisionAttention for block in blocks)
+    grid = torch.tensor([[2, 10, 6], [2, 8, 16], [4, 6, 6]])
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14)
+    batched = qwen_model.get_video_features(pixels, grid)
+    try:
+        for block in blocks:
+            block.attn.__class__ = Qwen2_5_VLVisionAttention
+        stock = qwen_model.get_video_features(pixels, grid)
+    finally:
+        for block in blocks:
+            block.attn.__class__ = VAEmotionWindowedVisionAttention
+    torch.testing.assert_close(batched, stock, rtol=1e-5, atol=1e-6)

@@ -24,6 +24,10 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VLVisionAttention,
+    apply_rotary_pos_emb_vision,
+)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -173,6 +177,47 @@ class VAEmotionEmotionSupervisor(nn.Module):
         )
 
 
+class VAEmotionWindowedVisionAttention(Qwen2_5_VLVisionAttention):
+    """Qwen2.5-VL's vision attention with all windows of one length attended in one batched SDPA call.
+
+    The stock SDPA path runs one attention call per window (hundreds per layer for a batch of videos), so the vision
+    tower is bound by Python and kernel launches. Windows are independent, so grouping those of equal length gives
+    the same result with one call per distinct length. Same parameters, same outputs; other attention
+    implementations (eager, flash varlen) keep the stock code.
+    """
+
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        if self.config._attn_implementation != "sdpa":
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        seq_length = hidden_states.shape[0]
+        query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).unbind(1)
+        query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
+        output = torch.empty_like(query)
+        starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
+        for length in lengths.unique().tolist():
+            index = (starts[lengths == length][:, None] + torch.arange(length, device=starts.device)).reshape(-1)
+
+            def windows(states, length=length, index=index):  # (tokens, heads, dim) -> (windows, heads, length, dim)
+                return states[index].view(-1, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+            attended = F.scaled_dot_product_attention(windows(query), windows(key), windows(value), scale=self.scaling)
+            output[index] = attended.transpose(1, 2).reshape(-1, self.num_heads, self.head_dim)
+        return self.proj(output.reshape(seq_length, -1))
+
+
+def use_windowed_vision_attention(vlm: PreTrainedModel) -> int:
+    """Give a Qwen2.5-VL vision tower the batched window attention (in place: parameters and checkpoint keys are
+    unchanged). Returns the number of attention modules switched."""
+    visual = getattr(getattr(vlm, "model", None), "visual", None)
+    blocks = getattr(visual, "blocks", ())
+    switched = 0
+    for block in blocks:
+        if type(block.attn) is Qwen2_5_VLVisionAttention:
+            block.attn.__class__ = VAEmotionWindowedVisionAttention
+            switched += 1
+    return switched
+
+
 class VAEmotionPreTrainedModel(PreTrainedModel):
     config: VAEmotionConfig
     config_class = VAEmotionConfig
@@ -233,6 +278,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.audio_projector = VAEmotionAudioProjector(config)
         self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
+        use_windowed_vision_attention(self.vlm)
         self.post_init()
 
     def initialize_weights(self):
