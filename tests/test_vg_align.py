@@ -20,10 +20,13 @@ from vaemotion.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_vaem
 from vaemotion.training.data import read_clips, tokenize_response
 from vaemotion.training.lora import LLM_LORA_TARGET, lora_target_names
 from vaemotion.training.vg_align import (
+    AnswerHead,
     VGAlignCollator,
     VGAlignConfig,
     VGAlignTrainer,
+    attach_answer_head,
     pair_clips_with_prompts,
+    pool_audio_states,
     stage1_dataset,
     train_from_config,
     vg_align_loss,
@@ -111,6 +114,9 @@ def trainer_logs(output_dir):
         ({"vlm_name_or_path": "vlm"}, "exactly one model source"),
         ({"lora_target_modules": "("}, "not a valid regex"),
         ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
+        ({"answer_head_weight": 1.0}, "set train_audio_encoder"),
+        ({"answer_head_weight": 1.0, "train_audio_encoder": True, "lora_r": 4}, "not supported with LoRA"),
+        ({"answer_head_weight": -1.0}, "answer_head_weight must be >= 0"),
     ],
 )
 def test_config_rejects_bad_fields(tmp_path, model_dir, clips, overrides, message):
@@ -242,6 +248,91 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, model_dir, clips):
         torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
     final_loss = [[e["loss"] for e in trainer_logs(tmp_path / run) if "loss" in e][-1] for run in ("straight", "resumed")]
     assert final_loss[0] == pytest.approx(final_loss[1], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ answer head
+def test_pooled_audio_states_match_a_per_sample_float64_reference():
+    torch.manual_seed(0)
+    states = torch.randn(3, 10, 4)  # windows: sample 0 owns two, sample 1 one
+    mel_valid = torch.tensor([20, 7, 12])  # mel frames; the encoder keeps ceil(n / 2) of them
+    feature_mask = (torch.arange(20)[None] < mel_valid[:, None]).long()
+    bos = 7
+    input_ids = torch.tensor([[1, bos, 2, bos, 2, 3], [1, bos, 2, 3, 3, 3]])
+    pooled = pool_audio_states(states, feature_mask, input_ids, bos)
+    double = states.double()
+    frames = [(int(n) + 1) // 2 for n in mel_valid]
+    expected = torch.stack([
+        torch.cat([double[0, : frames[0]], double[1, : frames[1]]]).mean(0),
+        double[2, : frames[2]].mean(0),
+    ])  # fmt: skip
+    torch.testing.assert_close(pooled.double(), expected)
+    with pytest.raises(ValueError, match="3 audio windows but 2"):
+        pool_audio_states(states, feature_mask, input_ids[:, :3], bos)
+
+
+def test_answer_head_classes_are_the_teachers_first_tokens_per_prompt(tmp_path, model_dir, clips, tokenizer):
+    model, processor = load_tiny(model_dir)
+    config = make_config(tmp_path, model_dir, clips)
+    dataset = stage1_dataset(read_clips(config.train_data).records, processor, config)
+    firsts = {example.key: dataset.responses[example.key][0] for example in dataset.examples}
+    head = AnswerHead.from_dataset(dataset, audio_width=model.config.audio_config.d_model)
+    assert head.answer_ids.tolist() == sorted(set(firsts.values()))
+    for example in dataset.examples:  # every prompt may give exactly the answers the teacher gave to it
+        column = head.answer_ids.tolist().index(firsts[example.key])
+        assert head.allowed[example.prompt_index, column]
+    per_prompt = {p: {firsts[e.key] for e in dataset.examples if e.prompt_index == p} for p in range(len(PROMPTS))}
+    assert head.allowed.sum(-1).tolist() == [len(per_prompt[p]) for p in range(len(PROMPTS))]
+
+    # the loss is a cross-entropy over the prompt's allowed answers only; answers the head never saw are skipped
+    pooled = torch.randn(3, model.config.audio_config.d_model)
+    prompts = torch.tensor([0, 1, 0])
+    answers = torch.tensor([head.answer_ids[head.allowed[0]][0], head.answer_ids[head.allowed[1]][-1], 10_000])
+    logits = head.classifier(pooled).double()
+    reference = []
+    for row in range(2):
+        allowed = head.allowed[prompts[row]]
+        target = int(allowed[: head.answer_ids.tolist().index(int(answers[row]))].sum())  # index among allowed
+        reference.append(F.cross_entropy(logits[row, allowed][None], torch.tensor([target])))
+    torch.testing.assert_close(head.loss(pooled, prompts, answers).double(), torch.stack(reference).mean())
+
+
+def test_answer_head_loss_reads_the_student_pass_and_trains_only_the_encoder(tmp_path, model_dir, clips):
+    model, processor = load_tiny(model_dir)
+    model.set_trainable("vg_align", train_audio_encoder=True)
+    dataset, batch = collated_batch(tmp_path, model_dir, clips, processor, count=3)
+    head = attach_answer_head(model, dataset)
+    settings = make_config(tmp_path, model_dir, clips).distillation
+    parts = vg_align_loss(model, batch, settings, kd_weight=1.0, answer_head_weight=0.5)
+    torch.testing.assert_close(parts.loss, parts.kd_loss + 0.5 * parts.answer_loss)
+    # second code path: the encoder run on its own, pooled by hand over each sample's valid frames
+    student = batch["student"]
+    with torch.no_grad():
+        states = model.audio_tower(student["input_features"]).last_hidden_state
+        expected = head.loss(
+            pool_audio_states(states, student["feature_attention_mask"], student["input_ids"],
+                              model.config.audio_bos_token_id),
+            batch["prompt_indices"], batch["response_ids"][:, 0],
+        )  # fmt: skip
+    torch.testing.assert_close(parts.answer_loss.detach(), expected)
+    model.zero_grad()
+    parts.answer_loss.backward()
+    grads = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {"audio_tower", AnswerHead.ATTRIBUTE}
+
+
+def test_training_with_the_answer_head_logs_it_and_saves_a_model_without_it(tmp_path, model_dir, clips):
+    config = make_config(tmp_path, model_dir, clips, answer_head_weight=1.0, train_audio_encoder=True, max_steps=3,
+                         save_strategy="steps", save_steps=3)
+    output_dir = train_from_config(config)
+    logs = [entry for entry in trainer_logs(output_dir) if "loss" in entry]
+    assert len(logs) == 3 and all(entry["answer_loss"] > 0 for entry in logs)
+    saved = load_file(Path(output_dir) / "model.safetensors")
+    assert not any(name.startswith(AnswerHead.ATTRIBUTE) for name in saved)
+    before = load_file(Path(model_dir) / "model.safetensors")
+    assert not torch.equal(saved["audio_tower.layers.0.fc1.weight"], before["audio_tower.layers.0.fc1.weight"])
+    # the head's weights live in the checkpoint, so a resumed run continues with the head it had
+    checkpoint = load_file(Path(output_dir) / "checkpoint-3" / "model.safetensors")
+    assert any(name.startswith(AnswerHead.ATTRIBUTE) for name in checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------ LoRA

@@ -168,6 +168,13 @@ class VGAlignConfig(VAEmotionTrainingArguments):
     # -- loss
     kd_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation loss."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of the student's cross-entropy on the response."})
+    answer_head_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the answer head's loss (0: no head). A temporary linear head on the mean-pooled "
+                  "audio-encoder states predicts the teacher's answer (the response's first token) to each prompt, "
+                  "so a from-scratch audio encoder gets the teacher's knowledge without going through the LLM. "
+                  "Needs train_audio_encoder; meant for short-answer prompts; the head is not saved with the model."},
+    )
     # -- trainable set
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the audio encoder."})
 
@@ -204,6 +211,11 @@ class VGAlignConfig(VAEmotionTrainingArguments):
               "(e.g. teacher_top_k: 64)")
         check(self.kd_weight >= 0 and self.ce_weight >= 0, "kd_weight and ce_weight must be >= 0")
         check(self.kd_weight > 0 or self.ce_weight > 0, "kd_weight and ce_weight are both 0: nothing to train")
+        check(self.answer_head_weight >= 0, f"answer_head_weight must be >= 0, got {self.answer_head_weight}")
+        check(self.answer_head_weight == 0 or self.train_audio_encoder,
+              "answer_head_weight > 0 trains the audio encoder through the answer head: set train_audio_encoder")
+        check(self.answer_head_weight == 0 or self.lora_r == 0,
+              "answer_head_weight > 0 is not supported with LoRA (lora_r > 0): the head would be merged and saved")
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -321,7 +333,12 @@ class VGAlignDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
-        item = {"key": example.key, "clip": self.clips[example.clip_index], "prompt": self.prompts[example.prompt_index]}
+        item = {
+            "key": example.key,
+            "clip": self.clips[example.clip_index],
+            "prompt": self.prompts[example.prompt_index],
+            "prompt_index": example.prompt_index,
+        }
         if self.cache is not None:
             record = self.cache[example.cache_key]
             item["response_ids"] = record.response_ids.tolist()
@@ -360,7 +377,8 @@ def _pad_rows(rows: Sequence[torch.Tensor], length: int, value) -> torch.Tensor:
 class VGAlignCollator:
     """Teacher (visual path) and student (audio path) batches of the same prompts and responses.
 
-    Returns ``{"student", "student_positions", "response_mask", "response_ids"}`` plus, for an online teacher,
+    Returns ``{"student", "student_positions", "response_mask", "response_ids", "prompt_indices"}`` plus, for an
+    online teacher,
     ``{"teacher", "teacher_positions"}``, or, for cached items, ``{"teacher_topk_logprobs",
     "teacher_topk_indices"}`` (``(B, R, k)``). Position ``[b, r]`` of either path predicts ``response_ids[b, r]``;
     ``response_mask`` marks the real (non-padding) response tokens, the same for both paths.
@@ -383,6 +401,7 @@ class VGAlignCollator:
             "student_positions": student_positions,
             "response_mask": mask,
             "response_ids": _pad_rows(rows, mask.shape[1], self.processor.tokenizer.pad_token_id),
+            "prompt_indices": torch.tensor([item.get("prompt_index", -1) for item in items], dtype=torch.long),
         }
         if "teacher_topk_logprobs" in items[0]:
             # padded rows are masked out of the loss; distinct indices keep them well-formed all the same
@@ -567,21 +586,26 @@ def _progress(iterable, enabled: bool, description: str):
 
 # ---------------------------------------------------------------------------------------------------- loss
 class VGAlignLoss(NamedTuple):
-    """One batch's loss and its parts (``kd_loss`` None when ``kd_weight`` is 0)."""
+    """One batch's loss and its parts (``kd_loss`` None when ``kd_weight`` is 0, ``answer_loss`` None without an
+    answer head)."""
 
     loss: torch.Tensor
     kd_loss: torch.Tensor | None
     ce_loss: torch.Tensor
     response_tokens: torch.Tensor
+    answer_loss: torch.Tensor | None = None
 
 
 def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_weight: float = 1.0,
-                  ce_weight: float = 0.0) -> VGAlignLoss:
-    """``kd_weight * KD + ce_weight * CE`` of one [`VGAlignCollator`] batch; ``model`` may be wrapped.
+                  ce_weight: float = 0.0, answer_head_weight: float = 0.0) -> VGAlignLoss:
+    """``kd_weight * KD + ce_weight * CE (+ answer_head_weight * answer-head CE)`` of one [`VGAlignCollator`]
+    batch; ``model`` may be wrapped.
 
     The teacher is the same ``model`` on the visual batch, without gradients and with adapters disabled (or the
     cached top-k, when the batch carries it); the student is ``model`` on the audio batch. Logits exist only at
     the response positions. The CE is always returned for logging (computed without a graph when its weight is 0).
+    With ``answer_head_weight`` the model carries an [`AnswerHead`], which reads the student pass's own encoder
+    states.
     """
     mask = inputs["response_mask"]
     kd = teacher = None
@@ -591,13 +615,18 @@ def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_wei
         else:
             teacher = teacher_targets(model, inputs["teacher"], inputs["teacher_positions"], settings)
     labels = inputs["response_ids"].masked_fill(~mask, -100)
-    if teacher is not None:
-        kd, ce, outputs = student_distillation(
-            model, inputs["student"], inputs["student_positions"], mask, teacher, settings,
-            response_ids=inputs["response_ids"] if ce_weight > 0 else None,
-        )  # fmt: skip
-    else:
-        outputs, ce = model(**inputs["student"], logits_to_keep=inputs["student_positions"], use_cache=False), None
+    recorder = _AudioStatesRecorder(unwrap(model).audio_tower) if answer_head_weight > 0 else None
+    try:
+        if teacher is not None:
+            kd, ce, outputs = student_distillation(
+                model, inputs["student"], inputs["student_positions"], mask, teacher, settings,
+                response_ids=inputs["response_ids"] if ce_weight > 0 else None,
+            )  # fmt: skip
+        else:
+            outputs, ce = model(**inputs["student"], logits_to_keep=inputs["student_positions"], use_cache=False), None
+    finally:
+        if recorder is not None:
+            recorder.close()
     if ce is None:
         trains_ce = ce_weight > 0
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_ce):
@@ -606,7 +635,131 @@ def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_wei
     loss = ce_weight * ce if ce_weight > 0 else 0.0
     if kd is not None:
         loss = loss + kd_weight * kd
-    return VGAlignLoss(loss, kd, ce, mask.sum())
+    answer = None
+    if recorder is not None:
+        answer = _answer_head_loss(unwrap(model), recorder.states, inputs)
+        loss = loss + answer_head_weight * answer
+    return VGAlignLoss(loss, kd, ce, mask.sum(), answer)
+
+
+def _answer_head_loss(model, states: torch.Tensor | None, inputs: dict) -> torch.Tensor:
+    head = getattr(model, AnswerHead.ATTRIBUTE, None)
+    if head is None or states is None:
+        raise ValueError("answer_head_weight > 0 needs a model with an answer head (attach_answer_head) and audio input")
+    student = inputs["student"]
+    pooled = pool_audio_states(
+        states, student.get("feature_attention_mask"), student["input_ids"], model.config.audio_bos_token_id
+    )
+    return head.loss(pooled, inputs["prompt_indices"], inputs["response_ids"][:, 0])
+
+
+# ---------------------------------------------------------------------------------------------------- answer head
+class AnswerHead(torch.nn.Module):
+    """A temporary classifier from the mean-pooled audio-encoder states to the teacher's answer to each prompt.
+
+    A random audio encoder learns slowly when its only signal comes back through the frozen LLM and a projector
+    that is itself still random (the demo measured a plateau of about twenty epochs). The head gives the encoder a
+    short path to the same teacher: its classes are the first response tokens the teacher gave to each prompt on the
+    training clips (for short-answer prompts, the answers themselves), and a prompt's logits are restricted to the
+    answers seen for that prompt. No label other than the teacher's own responses is used. Built by
+    [`AnswerHead.from_dataset`]; attached to the model as ``vg_align_answer_head`` for training and removed before
+    the final save.
+    """
+
+    ATTRIBUTE = "vg_align_answer_head"
+
+    def __init__(self, audio_width: int, answer_ids: Sequence[int], allowed: torch.Tensor):
+        super().__init__()
+        self.classifier = torch.nn.Linear(audio_width, len(answer_ids))
+        self.register_buffer("answer_ids", torch.tensor(list(answer_ids), dtype=torch.long), persistent=False)
+        self.register_buffer("allowed", allowed.bool(), persistent=False)  # (num_prompts, num_answers)
+
+    @classmethod
+    def from_dataset(cls, dataset: VGAlignDataset, audio_width: int) -> AnswerHead:
+        """The head whose classes are the first response tokens of ``dataset`` (responses must be known)."""
+        firsts = []
+        for example in dataset.examples:
+            if dataset.cache is not None:
+                response = dataset.cache[example.cache_key].response_ids.tolist()
+            else:
+                response = (dataset.responses or {}).get(example.key)
+            if not response:
+                raise ValueError(f"answer head: example {example.key} has no response to learn from")
+            firsts.append((example.prompt_index, int(response[0])))
+        answer_ids = sorted({token for _, token in firsts})
+        column = {token: index for index, token in enumerate(answer_ids)}
+        allowed = torch.zeros(len(dataset.prompts), len(answer_ids), dtype=torch.bool)
+        for prompt_index, token in firsts:
+            allowed[prompt_index, column[token]] = True
+        return cls(audio_width, answer_ids, allowed)
+
+    def forward(self, pooled: torch.Tensor, prompt_indices: torch.Tensor) -> torch.Tensor:
+        """``(B, num_answers)`` logits, ``-inf`` for answers never given to the row's prompt."""
+        logits = self.classifier(pooled.to(self.classifier.weight.dtype)).float()
+        return logits.masked_fill(~self.allowed[prompt_indices], float("-inf"))
+
+    def loss(self, pooled: torch.Tensor, prompt_indices: torch.Tensor, first_tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the teacher's answers; answers outside the head's classes (unseen in training) are
+        skipped."""
+        matches = first_tokens[:, None] == self.answer_ids[None, :]
+        targets = torch.where(matches.any(-1), matches.float().argmax(-1), -100)
+        if not (targets >= 0).any():
+            return pooled.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
+        return torch.nn.functional.cross_entropy(self(pooled, prompt_indices), targets, ignore_index=-100)
+
+
+def pool_audio_states(states: torch.Tensor, feature_attention_mask: torch.Tensor | None, input_ids: torch.Tensor,
+                      audio_bos_token_id: int) -> torch.Tensor:
+    """Mean of each sample's audio-encoder states over its valid frames, across all its windows: ``(B, width)``.
+
+    ``states`` is ``(num_windows, frames, width)`` (windows in batch order); a sample's windows are counted by its
+    ``<|audio_bos|>`` tokens (one per window); the encoder halves the mel frame rate.
+    """
+    frames = states.shape[1]
+    if feature_attention_mask is None:
+        valid = torch.full((states.shape[0],), frames, device=states.device)
+    else:
+        valid = (feature_attention_mask.sum(-1) + 1).div(2, rounding_mode="floor").clamp(1, frames)
+    keep = (torch.arange(frames, device=states.device)[None, :] < valid[:, None]).to(states.dtype)
+    sums, counts = (states * keep[..., None]).sum(1), keep.sum(1)
+    windows = (input_ids == audio_bos_token_id).sum(-1)
+    if int(windows.sum()) != states.shape[0]:
+        raise ValueError(f"{states.shape[0]} audio windows but {int(windows.sum())} <|audio_bos|> tokens in the batch")
+    owner = torch.repeat_interleave(torch.arange(len(windows), device=states.device), windows.to(states.device))
+    pooled = torch.zeros(len(windows), states.shape[-1], device=states.device, dtype=states.dtype)
+    total = torch.zeros(len(windows), device=states.device, dtype=states.dtype)
+    pooled.index_add_(0, owner, sums)
+    total.index_add_(0, owner, counts)
+    return pooled / total.clamp(min=1)[:, None]
+
+
+class _AudioStatesRecorder:
+    """Keeps the audio tower's last output during a forward (the student's encoder states, for the answer head),
+    so the encoder does not run twice."""
+
+    def __init__(self, audio_tower: torch.nn.Module):
+        self.states = None
+        self._handle = audio_tower.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output):
+        self.states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def attach_answer_head(model, dataset: VGAlignDataset) -> AnswerHead:
+    """Build the answer head for ``dataset`` and attach it to ``model`` (trainable, on the model's device)."""
+    head = AnswerHead.from_dataset(dataset, model.config.audio_config.d_model)
+    head.to(next(model.audio_projector.parameters()).device)
+    setattr(model, AnswerHead.ATTRIBUTE, head)
+    return head
+
+
+def detach_answer_head(model) -> None:
+    """Remove the answer head (before saving the trained model)."""
+    if hasattr(model, AnswerHead.ATTRIBUTE):
+        delattr(model, AnswerHead.ATTRIBUTE)
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
@@ -624,9 +777,11 @@ class VGAlignTrainer(LossPartsTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = vg_align_loss(
-            model, inputs, self.args.distillation, kd_weight=self.args.kd_weight, ce_weight=self.args.ce_weight
-        )
-        self.record_loss_parts(kd_loss=parts.kd_loss, ce_loss=parts.ce_loss, response_tokens=parts.response_tokens)
+            model, inputs, self.args.distillation, kd_weight=self.args.kd_weight, ce_weight=self.args.ce_weight,
+            answer_head_weight=self.args.answer_head_weight,
+        )  # fmt: skip
+        self.record_loss_parts(kd_loss=parts.kd_loss, ce_loss=parts.ce_loss, response_tokens=parts.response_tokens,
+                               answer_loss=parts.answer_loss)
         return (parts.loss, parts) if return_outputs else parts.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -754,6 +909,8 @@ def train_from_config(config: VGAlignConfig) -> str:
     model, processor = load_model_and_processor(config)
     train_set, eval_set = build_datasets(model, processor, config)
     model, counts = prepare_trainable_model(model, config)
+    if config.answer_head_weight > 0:
+        attach_answer_head(model, train_set)
     trainer = VGAlignTrainer(
         model=model,
         args=config,
@@ -773,6 +930,7 @@ def train_from_config(config: VGAlignConfig) -> str:
     if resume is True and get_last_checkpoint(config.output_dir) is None:
         resume = None
     result = trainer.train(resume_from_checkpoint=resume)
+    detach_answer_head(unwrap(trainer.model))
     save_final_model(trainer, processor, config.output_dir)
     if main:
         print(f"VG-Align done in {time.perf_counter() - start:.1f}s: {trainer.state.global_step} steps, "
@@ -783,6 +941,7 @@ def train_from_config(config: VGAlignConfig) -> str:
 CONFIG_CLASS = VGAlignConfig
 
 __all__ = [
+    "AnswerHead",
     "CONFIG_CLASS",
     "DEFAULT_PROMPTS",
     "Stage1Example",
@@ -791,15 +950,18 @@ __all__ = [
     "VGAlignDataset",
     "VGAlignLoss",
     "VGAlignTrainer",
+    "attach_answer_head",
     "build_datasets",
     "build_teacher_cache",
     "caption_responses",
+    "detach_answer_head",
     "encode_path_batch",
     "generate_responses",
     "load_model_and_processor",
     "media_token_ids",
     "open_teacher_cache",
     "pair_clips_with_prompts",
+    "pool_audio_states",
     "prepare_trainable_model",
     "save_final_model",
     "stage1_dataset",
