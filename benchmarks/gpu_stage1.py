@@ -21,8 +21,8 @@ Presets:
 
 Run::
 
-    python benchmarks/stage1_step.py                                    # tiny, CPU
-    python benchmarks/stage1_step.py --preset qwen2_5_vl_7b --device cuda --dtype bfloat16 --batch-size 4
+    python benchmarks/gpu_stage1.py                                    # tiny, CPU
+    python benchmarks/gpu_stage1.py --preset qwen2_5_vl_7b --device cuda --dtype bfloat16 --batch-size 4
 
 Steps of the three arms are interleaved (a noisy machine slows them alike). Peak memory is
 ``torch.cuda.max_memory_allocated`` over one step of each arm after a reset, on GPU; on CPU it is reported as n/a (a process-wide
