@@ -14,8 +14,8 @@ needs and shows the mechanism at toy scale:
    no pretrained weights, the encoder too) is trained to match them from the sound alone. A temporary answer head on
    the pooled encoder states, trained on the teacher's answers, gives the random encoder a short path to the teacher
    (through the frozen LLM alone it plateaus for about twenty epochs).
-4. **Stage 2, EmoAdapter.** The Emotion Enhancer and Supervisor train on the audio, visual and audio-visual paths with
-   valence/arousal and category labels, keeping the distillation term.
+4. **Stage 2, EmoAdapter.** The Emotion Enhancer and Supervisor, with LoRA on the LLM, train on the audio, visual and
+   audio-visual paths with valence/arousal and category labels, keeping the distillation term.
 5. **Benchmark.** Audio-only, visual-only and audio-visual accuracy (option log-likelihood) and valence/arousal CCC
    (the Supervisor's heads) after each stage, and for the ablations: no Stage 1, no Enhancer, no Supervisor, no KD
    in Stage 2.
@@ -61,8 +61,11 @@ class DemoSettings:
     sight_epochs: int = 12
     stage1_epochs: int = 50
     stage1_learning_rate: float = 5e-3
-    stage2_epochs: int = 6
+    stage2_epochs: int = 12
     stage2_learning_rate: float = 3e-3
+    # LoRA on the LLM in Stage 2 (an option of the method): the stand-in LLM only ever saw one modality at a time, and
+    # without it the audio-visual path stays below the visual one (0.855 vs 0.900 emotion accuracy, full run)
+    stage2_lora_r: int = 8
     batch_size: int = 16
     teacher_top_k: int = 8
     temperature: float = 2.0
@@ -272,6 +275,8 @@ def run_stage2(model_dir: Path, manifest: Path, output_dir: Path, settings: Demo
         answer_template="{emotion}",
         max_response_tokens=4,
         va_loss="mse+ccc",
+        lora_r=settings.stage2_lora_r,
+        lora_alpha=2 * settings.stage2_lora_r,
         teacher_top_k=settings.teacher_top_k,
         temperature=settings.temperature,
         **ablation,
@@ -363,7 +368,9 @@ def markdown_report(results: dict, checks, quick: bool) -> str:
         "teacher's answer to each prompt (`answer_head_weight`), a short path that lets the random encoder learn "
         "within the budget; it is discarded after Stage 1. "
         "The VLM's sight is a stand-in for a pretrained VLM: its vision encoder is pretrained on the pictures, then the "
-        "VLM is instruction-tuned on picture questions. VA CCC is null before Stage 2 trains the Supervisor.",
+        "VLM is instruction-tuned on picture questions. Stage 2 trains the EmoAdapter with LoRA on the LLM (merged into "
+        "the saved model), because the stand-in LLM never saw sound and picture together before. VA CCC is null "
+        "before Stage 2 trains the Supervisor.",
         "",
         "## Stages",
         "",
