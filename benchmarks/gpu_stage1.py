@@ -30,7 +30,9 @@ RSS peak cannot be reset between arms). Goals: cached <= 1.15x plain time; onlin
 
 Then the teacher alone: its forward (visual path, logits at the response positions, no grad) and its vision tower,
 each with its median time, its FLOPs as torch's FLOP counter counts them, and the achieved rate as a share of a
-large square matmul's rate measured in the same run (the chip's practical peak).
+large square matmul's rate measured in the same run (the chip's practical peak). ``--profile-vision N`` adds a
+torch.profiler table of the vision tower's N most expensive operators (device time on GPU), to show where the
+time goes before changing anything.
 """
 
 from __future__ import annotations
@@ -262,6 +264,29 @@ def teacher_breakdown(model, inputs: dict, args, dtype: torch.dtype) -> dict:
     return report
 
 
+def profile_vision_tower(model, inputs: dict, args, dtype: torch.dtype, rows: int) -> str:
+    """A torch.profiler table of one vision-tower forward (after one warm-up): the ``rows`` operators with the most
+    device time (CPU time on CPU), with their call counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    teacher = inputs["teacher"]
+    autocast = torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+    cuda = args.device.startswith("cuda")
+
+    def vision_tower():
+        with torch.no_grad(), autocast:
+            model.get_video_features(teacher["pixel_values_videos"], teacher["video_grid_thw"])
+        if cuda:
+            torch.cuda.synchronize()
+
+    vision_tower()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        vision_tower()
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -272,6 +297,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=64, help="teacher top-k of the cached arm")
+    parser.add_argument("--profile-vision", type=int, default=0, metavar="N",
+                        help="also print the vision tower's N most expensive operators (torch.profiler)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -317,6 +344,8 @@ def main(argv=None) -> dict:
             line += (f"   {part['flops'] / 1e12:8.2f} TFLOP   {part['flops_per_s'] / 1e12:7.1f} TFLOP/s = "
                      f"{100 * part['flops_per_s'] / rate:5.1f} % of the matmul rate")
         print(line)
+    if args.profile_vision:
+        print(profile_vision_tower(model, inputs, args, dtype, args.profile_vision))
     return {"median_s": medians, "peak_bytes": peaks, "teacher": teacher}
 
 
