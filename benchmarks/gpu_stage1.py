@@ -26,7 +26,10 @@ Run::
 
 Steps of the three arms are interleaved (a noisy machine slows them alike). Peak memory is
 ``torch.cuda.max_memory_allocated`` over one step of each arm after a reset, on GPU; on CPU it is reported as n/a (a process-wide
-RSS peak cannot be reset between arms). Goals: cached <= 1.15x plain time; online peak <= 1.05x plain peak.
+RSS peak cannot be reset between arms). Goals: cached <= 1.15x plain time; online peak <= 1.05x plain peak. Each
+arm's FLOPs (one step, forward + backward, counted by torch's FLOP counter with grouped-query attention taught to
+it, see [`grouped_query_sdpa_formulas`]) give its achieved TFLOP/s. On CPU the attention kernel has no FLOP formula,
+so only matmuls count there.
 
 Then the teacher alone: its forward (visual path, logits at the response positions, no grad) and its vision tower,
 each with its median time, its FLOPs as torch's FLOP counter counts them, and the achieved rate as a share of a
@@ -220,16 +223,51 @@ def median_time(fn, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def counted_flops(fn) -> int | None:
-    """Floating-point operations of one ``fn()`` as torch's FLOP counter sees them (matmuls and attention), or None
-    where the counter cannot count an operation (e.g. grouped-query SDPA in torch 2.11)."""
+# The fused attention kernels broadcast grouped key/value heads to the query's heads; torch before 2.12 or so asserts
+# equal head counts in their FLOP formulas, so the counter failed on the LLM's grouped-query attention.
+SDPA_OPS = tuple(
+    f"_scaled_dot_product_{kind}{suffix}"
+    for kind in ("efficient_attention", "flash_attention", "cudnn_attention", "flash_attention_for_cpu")
+    for suffix in ("", "_backward")
+)
+
+
+def _broadcast_kv_heads(formula):
+    """``formula`` (a registered, shape-wrapped FLOP formula) applied with every 4-D input widened to the most heads
+    of any input (the query's): the FLOPs of the kernel that broadcasts key/value heads."""
+
+    def count(*args, **kwargs):
+        heads = max((a.shape[1] for a in args if isinstance(a, torch.Tensor) and a.dim() == 4), default=None)
+        widened = [
+            torch.Size((a.shape[0], heads, *a.shape[2:])) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+            for a in args
+        ]
+        return formula(*widened, **kwargs)
+
+    count._get_raw = True  # receives tensors, as torch's own formulas do before their shape wrapper
+    return count
+
+
+def grouped_query_sdpa_formulas() -> dict:
+    """A ``FlopCounterMode(custom_mapping=...)`` entry for each SDPA operator this torch has: its own formula, made
+    to accept grouped-query shapes."""
+    from torch.utils.flop_counter import flop_registry
+
+    mapping = {}
+    for name in SDPA_OPS:
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op in flop_registry:
+            mapping[op] = _broadcast_kv_heads(flop_registry[op])
+    return mapping
+
+
+def counted_flops(fn) -> int:
+    """Floating-point operations of one ``fn()`` as torch's FLOP counter sees them (matmuls, convolutions and
+    attention, forward and backward), grouped-query attention included."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    try:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-    except AssertionError:
-        return None
+    with FlopCounterMode(display=False, custom_mapping=grouped_query_sdpa_formulas()) as counter:
+        fn()
     return counter.get_total_flops()
 
 
@@ -241,9 +279,9 @@ def matmul_rate(device: str, dtype: torch.dtype) -> float:
     return 2 * size**3 / median_time(lambda: a @ b, device, repeats=10)
 
 
-def teacher_breakdown(model, inputs: dict, args, dtype: torch.dtype) -> dict:
+def teacher_breakdown(model, inputs: dict, args, dtype: torch.dtype, rate: float) -> dict:
     """The teacher's forward (visual path, logits at the response positions) and its vision tower alone: median
-    time, counted FLOPs, and achieved FLOP/s against the measured matmul rate."""
+    time, counted FLOPs, and achieved FLOP/s (to compare with ``rate``, the measured matmul rate)."""
     teacher = inputs["teacher"]
     autocast = torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
 
@@ -255,13 +293,17 @@ def teacher_breakdown(model, inputs: dict, args, dtype: torch.dtype) -> dict:
         with torch.no_grad(), autocast:
             model.get_video_features(teacher["pixel_values_videos"], teacher["video_grid_thw"])
 
-    rate = matmul_rate(args.device, dtype)
     report = {"matmul_flops_per_s": rate}
     for name, fn in (("teacher_forward", forward), ("vision_tower", vision_tower)):
         seconds = median_time(fn, args.device, repeats=max(args.steps, 3))
         flops = counted_flops(fn)
-        report[name] = {"seconds": seconds, "flops": flops, "flops_per_s": None if flops is None else flops / seconds}
+        report[name] = {"seconds": seconds, "flops": flops, "flops_per_s": flops / seconds}
     return report
+
+
+def rate_line(flops: int, seconds: float, rate: float) -> str:
+    achieved = flops / seconds
+    return f"{flops / 1e12:8.2f} TFLOP   {achieved / 1e12:7.1f} TFLOP/s = {100 * achieved / rate:5.1f} % of the matmul rate"
 
 
 def profile_vision_tower(model, inputs: dict, args, dtype: torch.dtype, rows: int) -> str:
@@ -320,12 +362,15 @@ def main(argv=None) -> dict:
     }
     times, peaks = measure(model, arms, optimizer, args)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    step_flops = {name: counted_flops(lambda arm=arm: one_step(model, *arm, optimizer, args.device)) for name, arm in arms.items()}
+    rate = matmul_rate(args.device, dtype)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"preset {args.preset}, {device}, {args.dtype}, attn {args.attn}, batch {args.batch_size}, "
           f"median of {args.steps} interleaved steps after {args.warmup} warm-up")
     for name in arms:
         memory = f"{peaks[name] / 2**30:.2f} GiB" if peaks[name] is not None else "n/a"
-        print(f"  {name:<7} {1000 * medians[name]:9.1f} ms   peak {memory}")
+        print(f"  {name:<7} {1000 * medians[name]:9.1f} ms   peak {memory}   "
+              + rate_line(step_flops[name], medians[name], rate))
     ratio_time = medians["cached"] / medians["plain"]
     print(f"  cached/plain time {ratio_time:.3f} (goal <= 1.15)")
     if peaks["plain"] is not None:
@@ -334,19 +379,14 @@ def main(argv=None) -> dict:
     else:
         print("  online/plain peak memory n/a on CPU")
     print(f"  online/plain time {medians['online'] / medians['plain']:.3f}")
-    teacher = teacher_breakdown(model, inputs, args, dtype)
-    rate = teacher["matmul_flops_per_s"]
     print(f"  measured {args.dtype} matmul rate {rate / 1e12:.1f} TFLOP/s")
+    teacher = teacher_breakdown(model, inputs, args, dtype, rate)
     for name in ("teacher_forward", "vision_tower"):
         part = teacher[name]
-        line = f"  {name:<15} {1000 * part['seconds']:9.1f} ms"
-        if part["flops"] is not None:
-            line += (f"   {part['flops'] / 1e12:8.2f} TFLOP   {part['flops_per_s'] / 1e12:7.1f} TFLOP/s = "
-                     f"{100 * part['flops_per_s'] / rate:5.1f} % of the matmul rate")
-        print(line)
+        print(f"  {name:<15} {1000 * part['seconds']:9.1f} ms   " + rate_line(part["flops"], part["seconds"], rate))
     if args.profile_vision:
         print(profile_vision_tower(model, inputs, args, dtype, args.profile_vision))
-    return {"median_s": medians, "peak_bytes": peaks, "teacher": teacher}
+    return {"median_s": medians, "peak_bytes": peaks, "step_flops": step_flops, "teacher": teacher}
 
 
 if __name__ == "__main__":
