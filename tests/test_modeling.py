@@ -445,3 +445,23 @@ def test_batched_window_attention_equals_the_stock_vision_attention(qwen_model):
         for block in blocks:
             block.attn.__class__ = VAEmotionWindowedVisionAttention
     torch.testing.assert_close(batched, stock, rtol=1e-5, atol=1e-6)
+
+
+def test_window_groups_are_found_once_per_forward_not_once_per_layer(tokenizer, monkeypatch):
+    """Finding the window lengths syncs with the device: it happens once per cu_seqlens tensor (one per kind of
+    layer, windowed or full attention), not once per layer."""
+    import vaemotion.modeling_vaemotion as modeling
+
+    config = tiny_vaemotion_config(tokenizer, window_seconds=WINDOW_SECONDS)
+    config.vlm_config = tiny_qwen2_5_vl_config(tokenizer, vision_depth=6)  # five windowed layers, one full
+    model = VAEmotionForConditionalGeneration(config).eval()
+    computed = []
+    original = modeling._compute_window_groups
+    monkeypatch.setattr(modeling, "_compute_window_groups", lambda cu: computed.append(cu) or original(cu))
+    grid = torch.tensor([[2, 8, 16]])
+    model.get_video_features(torch.randn(int(grid.prod()), 3 * 2 * 14 * 14), grid)
+    assert len(computed) == 2
+    groups = modeling.window_groups(computed[0])
+    assert groups is modeling.window_groups(computed[0])  # kept on the tensor
+    computed[0].add_(0)  # an in-place edit bumps the version: the groups are found again
+    assert modeling.window_groups(computed[0]) is not groups

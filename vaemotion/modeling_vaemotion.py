@@ -193,9 +193,7 @@ class VAEmotionWindowedVisionAttention(Qwen2_5_VLVisionAttention):
         query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).unbind(1)
         query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
         output = torch.empty_like(query)
-        starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
-        for length in lengths.unique().tolist():
-            index = (starts[lengths == length][:, None] + torch.arange(length, device=starts.device)).reshape(-1)
+        for length, index in window_groups(cu_seqlens):
 
             def windows(states, length=length, index=index):  # (tokens, heads, dim) -> (windows, heads, length, dim)
                 return states[index].view(-1, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -203,6 +201,30 @@ class VAEmotionWindowedVisionAttention(Qwen2_5_VLVisionAttention):
             attended = F.scaled_dot_product_attention(windows(query), windows(key), windows(value), scale=self.scaling)
             output[index] = attended.transpose(1, 2).reshape(-1, self.num_heads, self.head_dim)
         return self.proj(output.reshape(seq_length, -1))
+
+
+def window_groups(cu_seqlens: torch.Tensor) -> tuple[tuple[int, torch.Tensor], ...]:
+    """``(length, token index of every window of that length, in order)`` for each distinct window length.
+
+    Finding the lengths reads them back from the device (a host sync). The vision tower hands the same
+    ``cu_seqlens`` tensor to every layer of a kind (windowed or full attention), so the groups are kept on that tensor
+    and computed once per forward instead of once per layer.
+    """
+    cached = getattr(cu_seqlens, "_vaemotion_window_groups", None)
+    if cached is not None and cached[0] == cu_seqlens._version:  # the version guards against in-place edits
+        return cached[1]
+    groups = _compute_window_groups(cu_seqlens)
+    cu_seqlens._vaemotion_window_groups = (cu_seqlens._version, groups)
+    return groups
+
+
+def _compute_window_groups(cu_seqlens: torch.Tensor) -> tuple[tuple[int, torch.Tensor], ...]:
+    starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
+    offsets = torch.arange(int(lengths.max()), device=cu_seqlens.device) if len(lengths) else None
+    return tuple(
+        (length, (starts[lengths == length][:, None] + offsets[:length]).reshape(-1))
+        for length in lengths.unique().tolist()
+    )
 
 
 def use_windowed_vision_attention(vlm: PreTrainedModel) -> int:
