@@ -447,6 +447,23 @@ def test_batched_window_attention_equals_the_stock_vision_attention(qwen_model):
     torch.testing.assert_close(batched, stock, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_patch_embedding_equals_the_stock_conv3d(qwen_model, dtype):
+    """The patch embedding's Conv3d (stride == kernel) computed as one matmul of the flattened patches."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed
+
+    from vaemotion.modeling_vaemotion import VAEmotionLinearPatchEmbed
+
+    embed = qwen_model.vlm.model.visual.patch_embed
+    assert type(embed) is VAEmotionLinearPatchEmbed
+    embed = copy.deepcopy(embed).to(dtype)
+    stock = copy.deepcopy(embed)
+    stock.__class__ = Qwen2_5_VisionPatchEmbed
+    patches = torch.randn(37, embed.in_channels * embed.temporal_patch_size * embed.patch_size**2)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(embed(patches).float(), stock(patches).float(), **tolerance)
+
+
 def test_window_groups_are_found_once_per_forward_not_once_per_layer(tokenizer, monkeypatch):
     """Finding the window lengths syncs with the device: it happens once per cu_seqlens tensor (one per kind of
     layer, windowed or full attention), not once per layer."""

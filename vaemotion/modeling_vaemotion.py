@@ -25,6 +25,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionPatchEmbed,
     Qwen2_5_VLVisionAttention,
     apply_rotary_pos_emb_vision,
 )
@@ -227,15 +228,33 @@ def _compute_window_groups(cu_seqlens: torch.Tensor) -> tuple[tuple[int, torch.T
     )
 
 
-def use_windowed_vision_attention(vlm: PreTrainedModel) -> int:
-    """Give a Qwen2.5-VL vision tower the batched window attention (in place: parameters and checkpoint keys are
-    unchanged). Returns the number of attention modules switched."""
+class VAEmotionLinearPatchEmbed(Qwen2_5_VisionPatchEmbed):
+    """Qwen2.5-VL's patch embedding as the matmul it is.
+
+    Its ``Conv3d`` has ``stride == kernel_size``: every output sees one whole patch, so the convolution is a linear
+    map of the flattened patch (channels, time, height, width: the order the processor flattens and the weight
+    holds). cuDNN runs this degenerate convolution far slower than the GEMM on several GPU and dtype combinations
+    (transformers issue 45750; transformers offers the same change as a load-time fusion). Same weight, same output.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        patches = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.proj.bias)
+
+
+def use_fast_vision_tower(vlm: PreTrainedModel) -> int:
+    """Give a Qwen2.5-VL vision tower the batched window attention and the matmul patch embedding, in place
+    (parameters and checkpoint keys are unchanged). Returns the number of modules switched."""
     visual = getattr(getattr(vlm, "model", None), "visual", None)
-    blocks = getattr(visual, "blocks", ())
+    swaps = {
+        Qwen2_5_VLVisionAttention: VAEmotionWindowedVisionAttention,
+        Qwen2_5_VisionPatchEmbed: VAEmotionLinearPatchEmbed,
+    }
     switched = 0
-    for block in blocks:
-        if type(block.attn) is Qwen2_5_VLVisionAttention:
-            block.attn.__class__ = VAEmotionWindowedVisionAttention
+    for module in visual.modules() if visual is not None else ():
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
             switched += 1
     return switched
 
@@ -300,7 +319,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.audio_projector = VAEmotionAudioProjector(config)
         self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
-        use_windowed_vision_attention(self.vlm)
+        use_fast_vision_tower(self.vlm)
         self.post_init()
 
     def initialize_weights(self):
