@@ -77,7 +77,7 @@ FULL = DemoSettings(num_clips=800)
 # The quick run keeps the whole pipeline in about three minutes; it leaves the ablations, four more Stage 2 runs, to
 # the full run, and trains Stage 1 for fewer epochs on fewer clips (see benchmarks/RESULTS.md for what that costs).
 QUICK = DemoSettings(
-    num_clips=640, vision_pretrain_epochs=6, sight_epochs=6, stage1_epochs=24, stage2_epochs=2, run_ablations=False
+    num_clips=640, vision_pretrain_epochs=6, sight_epochs=6, stage1_epochs=27, stage2_epochs=2, run_ablations=False
 )
 
 SIGHT_QUESTIONS = (CONTENT_QUESTION, EMOTION_QUESTION)
