@@ -318,6 +318,9 @@ def test_answer_head_loss_reads_the_student_pass_and_trains_only_the_encoder(tmp
     parts.answer_loss.backward()
     grads = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert grads == {"audio_tower", AnswerHead.ATTRIBUTE}
+    without_prompts = {key: value for key, value in batch.items() if key != "prompt_indices"}
+    with pytest.raises(ValueError, match="prompt_index"):
+        vg_align_loss(model, without_prompts, settings, kd_weight=1.0, answer_head_weight=0.5)
 
 
 def test_training_with_the_answer_head_logs_it_and_saves_a_model_without_it(tmp_path, model_dir, clips):

@@ -13,6 +13,12 @@ from transformers.configuration_utils import SubConfigSpec
 ARTEMIS_EMOTIONS = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness"]
 
 
+def num_encoder_frames(num_mel_frames):
+    """Frames the Whisper encoder's stride-2 convolution makes of ``num_mel_frames`` mel frames (an int or a tensor):
+    ``(L - 1) // 2 + 1``, 50 per second."""
+    return (num_mel_frames - 1) // 2 + 1
+
+
 def num_audio_tokens(num_mel_frames: int, pool_stride: int) -> int:
     """Number of ``<|audio_pad|>`` tokens one audio window of ``num_mel_frames`` valid mel frames becomes.
 
@@ -23,8 +29,7 @@ def num_audio_tokens(num_mel_frames: int, pool_stride: int) -> int:
     """
     if num_mel_frames <= 0:
         raise ValueError(f"an audio window needs at least one mel frame, got {num_mel_frames}")
-    encoder_frames = (num_mel_frames - 1) // 2 + 1
-    return max(encoder_frames // pool_stride, 1)
+    return max(num_encoder_frames(num_mel_frames) // pool_stride, 1)
 
 
 @strict
@@ -129,4 +134,4 @@ class VAEmotionConfig(PreTrainedConfig):
         return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
 
 
-__all__ = ["VAEmotionConfig", "ARTEMIS_EMOTIONS", "num_audio_tokens"]
+__all__ = ["VAEmotionConfig", "ARTEMIS_EMOTIONS", "num_audio_tokens", "num_encoder_frames"]

@@ -221,9 +221,8 @@ def window_groups(cu_seqlens: torch.Tensor) -> tuple[tuple[int, torch.Tensor], .
 
 def _compute_window_groups(cu_seqlens: torch.Tensor) -> tuple[tuple[int, torch.Tensor], ...]:
     starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
-    offsets = torch.arange(int(lengths.max()), device=cu_seqlens.device) if len(lengths) else None
     return tuple(
-        (length, (starts[lengths == length][:, None] + offsets[:length]).reshape(-1))
+        (length, (starts[lengths == length][:, None] + torch.arange(length, device=starts.device)).reshape(-1))
         for length in lengths.unique().tolist()
     )
 

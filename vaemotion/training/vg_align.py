@@ -69,6 +69,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..configuration_vaemotion import num_encoder_frames
 from .data import (
     ClipDataError,
     ClipDataset,
@@ -377,8 +378,8 @@ def _pad_rows(rows: Sequence[torch.Tensor], length: int, value) -> torch.Tensor:
 class VGAlignCollator:
     """Teacher (visual path) and student (audio path) batches of the same prompts and responses.
 
-    Returns ``{"student", "student_positions", "response_mask", "response_ids", "prompt_indices"}`` plus, for an
-    online teacher,
+    Returns ``{"student", "student_positions", "response_mask", "response_ids"}``, ``"prompt_indices"`` when the items
+    carry their prompt's index, plus, for an online teacher,
     ``{"teacher", "teacher_positions"}``, or, for cached items, ``{"teacher_topk_logprobs",
     "teacher_topk_indices"}`` (``(B, R, k)``). Position ``[b, r]`` of either path predicts ``response_ids[b, r]``;
     ``response_mask`` marks the real (non-padding) response tokens, the same for both paths.
@@ -401,8 +402,9 @@ class VGAlignCollator:
             "student_positions": student_positions,
             "response_mask": mask,
             "response_ids": _pad_rows(rows, mask.shape[1], self.processor.tokenizer.pad_token_id),
-            "prompt_indices": torch.tensor([item.get("prompt_index", -1) for item in items], dtype=torch.long),
         }
+        if all("prompt_index" in item for item in items):  # what the answer head needs; VGAlignDataset items have it
+            out["prompt_indices"] = torch.tensor([item["prompt_index"] for item in items], dtype=torch.long)
         if "teacher_topk_logprobs" in items[0]:
             # padded rows are masked out of the loss; distinct indices keep them well-formed all the same
             k = items[0]["teacher_topk_indices"].shape[-1]
@@ -644,8 +646,9 @@ def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_wei
 
 def _answer_head_loss(model, states: torch.Tensor | None, inputs: dict) -> torch.Tensor:
     head = getattr(model, AnswerHead.ATTRIBUTE, None)
-    if head is None or states is None:
-        raise ValueError("answer_head_weight > 0 needs a model with an answer head (attach_answer_head) and audio input")
+    if head is None or states is None or "prompt_indices" not in inputs:
+        raise ValueError("answer_head_weight > 0 needs a model with an answer head (attach_answer_head), audio input "
+                         "and batches of VGAlignDataset items (their prompt_index)")
     student = inputs["student"]
     pooled = pool_audio_states(
         states, student.get("feature_attention_mask"), student["input_ids"], model.config.audio_bos_token_id
@@ -713,13 +716,13 @@ def pool_audio_states(states: torch.Tensor, feature_attention_mask: torch.Tensor
     """Mean of each sample's audio-encoder states over its valid frames, across all its windows: ``(B, width)``.
 
     ``states`` is ``(num_windows, frames, width)`` (windows in batch order); a sample's windows are counted by its
-    ``<|audio_bos|>`` tokens (one per window); the encoder halves the mel frame rate.
+    ``<|audio_bos|>`` tokens (one per window).
     """
     frames = states.shape[1]
     if feature_attention_mask is None:
         valid = torch.full((states.shape[0],), frames, device=states.device)
     else:
-        valid = (feature_attention_mask.sum(-1) + 1).div(2, rounding_mode="floor").clamp(1, frames)
+        valid = num_encoder_frames(feature_attention_mask.sum(-1)).clamp(1, frames)
     keep = (torch.arange(frames, device=states.device)[None, :] < valid[:, None]).to(states.dtype)
     sums, counts = (states * keep[..., None]).sum(1), keep.sum(1)
     windows = (input_ids == audio_bos_token_id).sum(-1)
