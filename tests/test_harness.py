@@ -53,6 +53,14 @@ from vaemotion.benchmark.harness import (
 from vaemotion.cli import main
 from vaemotion.configuration_vaemotion import ARTEMIS_EMOTIONS
 from vaemotion.processing_vaemotion import DEFAULT_CHAT_TEMPLATE
+
+# A stand-in for Qwen2-Audio's and Qwen2.5-Omni's hub templates, which write audio parts themselves (VAEmotion's
+# processor writes audio into the VLM's template as text; these baselines' processors do not).
+AUDIO_CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE.replace(
+    "{% elif part['type'] == 'text' %}",
+    "{% elif part['type'] == 'audio' or 'audio' in part %}<|audio_bos|><|audio_pad|><|audio_eos|>"
+    "{% elif part['type'] == 'text' %}",
+)
 from vaemotion.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_qwen2_5_vl_config, tiny_vaemotion_config
 from vaemotion.training.data import append_response, response_positions
 
@@ -197,7 +205,7 @@ def build_qwen2_audio(tokenizer):
         audio_token_id=token_id(tokenizer, "<|audio_pad|>"),
     )
     processor = Qwen2AudioProcessor(
-        feature_extractor=tiny_feature_extractor(), tokenizer=tokenizer, chat_template=DEFAULT_CHAT_TEMPLATE
+        feature_extractor=tiny_feature_extractor(), tokenizer=tokenizer, chat_template=AUDIO_CHAT_TEMPLATE
     )
     return Qwen2AudioForConditionalGeneration(config).eval(), processor
 
@@ -224,7 +232,7 @@ def build_qwen2_5_omni_thinker(tokenizer):
         video_processor=Qwen2VLVideoProcessor(**PIXEL_BOUNDS),
         feature_extractor=tiny_feature_extractor(),
         tokenizer=tokenizer,
-        chat_template=DEFAULT_CHAT_TEMPLATE,
+        chat_template=AUDIO_CHAT_TEMPLATE,
     )
     return Qwen2_5OmniThinkerForConditionalGeneration(config).eval(), processor
 

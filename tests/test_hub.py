@@ -27,6 +27,7 @@ REPO_ID = "me/vaemotion-tiny"
 ADAPTER_REPO_ID = "me/vaemotion-tiny-lora"
 LORA_TARGET = r".*vlm\.model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj"
 CODE_FILES = [
+    "backbones.py",
     "configuration_vaemotion.py",
     "media.py",
     "modeling_vaemotion.py",

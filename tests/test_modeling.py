@@ -367,8 +367,9 @@ def params_with_grad(model):
 @pytest.mark.parametrize(
     "stage, kwargs, expected",
     [
-        ("vg_align", {}, {"audio_projector"}),
-        ("vg_align", {"train_audio_encoder": True}, {"audio_projector", "audio_tower"}),
+        ("vg_align", {}, {"audio_projector", "audio_delimiters"}),
+        ("vg_align", {"train_audio_delimiters": False}, {"audio_projector"}),
+        ("vg_align", {"train_audio_encoder": True}, {"audio_projector", "audio_delimiters", "audio_tower"}),
         ("emo_adapter", {}, {"emotion_enhancer", "emotion_supervisor"}),
         ("emo_adapter", {"train_projector": True}, {"emotion_enhancer", "emotion_supervisor", "audio_projector"}),
     ],

@@ -187,7 +187,7 @@ def test_loss_matches_a_full_logits_reference_and_teacher_has_no_grad(tmp_path, 
     torch.testing.assert_close(parts.ce_loss, torch.cat(ce_terms).mean(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(parts.loss, parts.kd_loss + 0.5 * parts.ce_loss)
     grads = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None}
-    assert grads == {"audio_projector"}
+    assert grads == {"audio_projector", "audio_delimiters"}
 
 
 def test_trainer_holds_a_single_copy_of_the_weights(tmp_path, model_dir, clips):
@@ -217,7 +217,8 @@ def test_training_lowers_the_loss_and_changes_only_the_projector(tmp_path, model
     before = load_file(Path(start_dir) / "model.safetensors")
     config = make_config(tmp_path, start_dir, clips, train_data=clips["folder"], response_source="teacher",
                          per_device_train_batch_size=6, max_steps=6, learning_rate=1e-2, save_strategy="steps",
-                         save_steps=6, eval_data=clips["folder"], eval_strategy="steps", eval_steps=6)
+                         save_steps=6, eval_data=clips["folder"], eval_strategy="steps", eval_steps=6,
+                         train_audio_delimiters=False)
     output_dir = train_from_config(config)
     after = load_file(Path(output_dir) / "model.safetensors")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -373,7 +374,8 @@ def test_lora_adapter_saves_loads_and_merges(tmp_path, model_dir, clips):
     base_weights, saved_weights = load_file(Path(model_dir) / "model.safetensors"), load_file(Path(output_dir) / "model.safetensors")
     changed = {name for name in base_weights if not torch.equal(base_weights[name], saved_weights[name])}
     in_llm_layers = [name for name in changed if ".layers." in name and "visual" not in name]
-    assert in_llm_layers and set(changed) - set(in_llm_layers) == {n for n in changed if n.startswith("audio_projector.")}
+    trained_in_full = {n for n in changed if n.startswith(("audio_projector.", "audio_delimiters."))}
+    assert in_llm_layers and set(changed) - set(in_llm_layers) == trained_in_full
 
 
 # ------------------------------------------------------------------------------------------------ CLI and accelerate

@@ -33,19 +33,15 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .backbones import AUDIO_TOKEN_TYPE, VLMBackbone, audio_token_ids, backbone_for, load_vlm_tokenizer
 from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
 
 
 logger = logging.get_logger(__name__)
 
-# mm_token_type_ids written by transformers processors: 0 text, 1 image, 2 video, 3 audio.
-AUDIO_TOKEN_TYPE = 3
-# VLM families whose position code (3D mrope) needs input_ids, grids and token types next to inputs_embeds.
-# Other families (LLaVA-style) refuse input_ids together with inputs_embeds and get embeddings only.
-_MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
 # Which stage trains which top-level modules (DESIGN.md sections 3 and 4).
 STAGE_TRAINABLE_MODULES = {
-    "vg_align": ("audio_projector",),
+    "vg_align": ("audio_projector", "audio_delimiters"),
     "emo_adapter": ("emotion_enhancer", "emotion_supervisor"),
 }
 
@@ -126,6 +122,22 @@ class VAEmotionAudioProjector(nn.Module):
         # (windows, frames, width) -> (windows, frames // stride, width); the tail shorter than a stride is dropped.
         pooled = F.avg_pool1d(encoder_states.transpose(1, 2), self.pool_stride, self.pool_stride).transpose(1, 2)
         return self.linear_2(self.act(self.linear_1(pooled)))
+
+
+class VAEmotionAudioDelimiters(nn.Module):
+    """The embeddings of `<|audio_bos|>` and `<|audio_eos|>`, kept apart from the VLM's (frozen) embedding matrix so
+    Stage 1 can train these two rows alone. They start from the VLM's own vision delimiters (or the mean of its
+    trained rows) in [`~VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained`]."""
+
+    def __init__(self, config: VAEmotionConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(2, config.get_text_config().hidden_size))
+
+    def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, bos_id: int, eos_id: int) -> torch.Tensor:
+        weight = self.weight.to(inputs_embeds.dtype)
+        for row, token_id in enumerate((bos_id, eos_id)):  # no host sync: a select on every position
+            inputs_embeds = torch.where((input_ids == token_id)[..., None], weight[row], inputs_embeds)
+        return inputs_embeds
 
 
 class ZeroInitLinear(nn.Linear):
@@ -276,6 +288,8 @@ class VAEmotionPreTrainedModel(PreTrainedModel):
         if isinstance(module, ZeroInitLinear):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, VAEmotionAudioDelimiters):
+            init.zeros_(module.weight)  # then set from the embedding rows (__init__, init_audio_delimiters)
         else:
             super()._init_weights(module)
 
@@ -316,10 +330,21 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.vlm.config = config.vlm_config
         self.audio_tower.config = config.audio_config
         self.audio_projector = VAEmotionAudioProjector(config)
+        self.audio_delimiters = VAEmotionAudioDelimiters(config)
         self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
         use_fast_vision_tower(self.vlm)
         self.post_init()
+        self._copy_delimiter_rows()
+
+    @torch.no_grad()
+    def _copy_delimiter_rows(self):
+        # A model built from a config starts with the delimiters' own embedding rows, so it computes exactly what a
+        # plain embedding lookup would (from_vlm_and_audio_pretrained then starts them from the vision delimiters).
+        embeddings = self.get_input_embeddings().weight
+        ids = [self.config.audio_bos_token_id, self.config.audio_eos_token_id]
+        if max(ids) < embeddings.shape[0] and embeddings.device.type != "meta":
+            self.audio_delimiters.weight.copy_(embeddings[ids])
 
     def initialize_weights(self):
         super().initialize_weights()
@@ -346,8 +371,11 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         Build a VAEmotion model from a separately pretrained VLM and audio encoder (as
         `VisionEncoderDecoderModel.from_encoder_decoder_pretrained` does). Their weights are kept as loaded; the
         projector and the EmoAdapter are new. The audio special token ids come from ``tokenizer`` when given (a
-        tokenizer with `<|audio_pad|>`, `<|audio_bos|>`, `<|audio_eos|>`, e.g. ``VAEmotionProcessor.tokenizer``), or
-        are appended after the VLM's vocabulary otherwise; the embedding matrix is grown only if they do not fit.
+        tokenizer with `<|audio_pad|>`, `<|audio_bos|>`, `<|audio_eos|>`, e.g. ``VAEmotionProcessor.tokenizer``), else
+        from the VLM checkpoint's own tokenizer with the audio tokens added exactly as
+        [`VAEmotionProcessor.from_vlm_and_audio_pretrained`] adds them, so the two calls with the same paths agree.
+        The ids take spare embedding rows when the matrix has them; it grows only when it has none. The audio
+        delimiters start from the VLM's vision delimiters ([`~VAEmotionForConditionalGeneration.init_audio_delimiters`]).
 
         Example (tiny checkpoints saved on the spot):
 
@@ -373,14 +401,26 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         audio_model = AutoModel.from_pretrained(audio_pretrained_model_name_or_path, **load_kwargs)
         audio_tower = audio_model.get_encoder() if audio_model.config.is_encoder_decoder else audio_model
 
-        token_ids = _audio_token_ids(tokenizer, vlm.config.get_text_config().vocab_size)
+        if tokenizer is None:
+            tokenizer = _checkpoint_tokenizer(vlm_pretrained_model_name_or_path, vlm.config)
+        if tokenizer is not None:
+            token_ids = audio_token_ids(tokenizer)
+        else:  # a VLM saved without its tokenizer: the ids after its embedding matrix (say so: a processor differs)
+            vocab_size = vlm.config.get_text_config().vocab_size
+            token_ids = {f"{name}_id": vocab_size + offset for offset, name in enumerate(("audio_token", "audio_bos_token", "audio_eos_token"))}
+            logger.warning(
+                f"{vlm_pretrained_model_name_or_path} has no tokenizer: the audio tokens get ids {sorted(token_ids.values())}; "
+                "pass tokenizer=processor.tokenizer so model and processor agree"
+            )
         config = cls.config_class(
             vlm_config=vlm.config, audio_config=audio_tower.config, **token_ids, **config_kwargs
         )
         model = cls(config, vlm=vlm, audio_tower=audio_tower)
+        # Spare embedding rows (Qwen2.5-VL has 151,936 rows for 151,665 tokens) take the new ids: grow only past them.
         needed_vocab = max(token_ids.values()) + 1
         if needed_vocab > config.get_text_config().vocab_size:
             model.resize_token_embeddings(needed_vocab)
+        model.init_audio_delimiters()
         # Building a config from loaded parts resets their attention implementation (hf-stack.md 1.6/1): restore it.
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
@@ -389,6 +429,21 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         if dtype is not None:
             model.to(dtype)  # the new heads are created in float32
         return model
+
+    @torch.no_grad()
+    def init_audio_delimiters(self):
+        """Start `<|audio_bos|>` / `<|audio_eos|>` from the VLM's vision delimiters (Qwen's `<|vision_start|>` /
+        `<|vision_end|>`), or, for a family without any, from the mean of the rows below the audio tokens (the
+        tokenizer's own, trained tokens). The VLM's embedding matrix is left as loaded: with `input_ids`, the forward
+        reads these two rows from `audio_delimiters`."""
+        embeddings = self.get_input_embeddings().weight
+        delimiter_ids = self.backbone.vision_delimiter_ids(self.config.vlm_config)
+        if delimiter_ids is not None:
+            start = embeddings[list(delimiter_ids)].float()
+        else:
+            trained_rows = min(self.config.audio_token_id, self.config.audio_bos_token_id, self.config.audio_eos_token_id)
+            start = embeddings[:trained_rows].float().mean(0, keepdim=True).expand(2, -1)
+        self.audio_delimiters.weight.copy_(start.to(self.audio_delimiters.weight))
 
     # ------------------------------------------------------------------------------------------------ delegation
     def get_input_embeddings(self):
@@ -416,21 +471,36 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         return frozenset(inspect.signature(self.language_backbone.forward).parameters)
 
     @property
+    def backbone(self) -> VLMBackbone:
+        """What differs in this VLM family (vaemotion/backbones.py)."""
+        return backbone_for(self.config.vlm_config.model_type)
+
+    @property
     def _uses_mrope(self) -> bool:
-        return self.config.vlm_config.model_type in _MROPE_MODEL_TYPES
+        return self.backbone.uses_mrope
 
     # ------------------------------------------------------------------------------------------------ training setup
-    def set_trainable(self, stage: str, *, train_projector: bool | None = None, train_audio_encoder: bool | None = None):
+    def set_trainable(
+        self,
+        stage: str,
+        *,
+        train_projector: bool | None = None,
+        train_audio_encoder: bool | None = None,
+        train_audio_delimiters: bool = True,
+    ):
         """Freeze everything but the trainable set of ``stage`` (``"vg_align"`` or ``"emo_adapter"``).
 
-        Stage 1 trains the audio projector (and the audio encoder when ``config.freeze_audio_encoder`` is False or
-        ``train_audio_encoder=True``); Stage 2 trains the Emotion Enhancer and Supervisor (plus the projector with
+        Stage 1 trains the audio projector and the audio delimiters' two embeddings (unless
+        ``train_audio_delimiters=False``), and the audio encoder when ``config.freeze_audio_encoder`` is False or
+        ``train_audio_encoder=True``; Stage 2 trains the Emotion Enhancer and Supervisor (plus the projector with
         ``train_projector=True``). LoRA adapters on the LLM, when attached with peft, keep their own flags.
         Returns ``{"trainable": n, "total": n, "modules": [...]}``.
         """
         if stage not in STAGE_TRAINABLE_MODULES:
             raise ValueError(f"stage must be one of {sorted(STAGE_TRAINABLE_MODULES)}, got {stage!r}")
         modules = list(STAGE_TRAINABLE_MODULES[stage])
+        if not train_audio_delimiters and "audio_delimiters" in modules:
+            modules.remove("audio_delimiters")
         if train_audio_encoder is None:
             train_audio_encoder = stage == "vg_align" and not self.config.freeze_audio_encoder
         if train_audio_encoder:
@@ -488,11 +558,17 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             lengths = feature_attention_mask.sum(-1)
         tower_trains = any(p.requires_grad for p in self.audio_tower.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):  # a frozen encoder keeps no graph
-            states = self.audio_tower(input_features.to(self.audio_tower.dtype)).last_hidden_state
+            states = self._encode_audio(input_features.to(self.audio_tower.device, self.audio_tower.dtype))
         projected = self.audio_projector(states)
         keep = self.num_audio_tokens(lengths).clamp(max=projected.shape[1])
         positions = torch.arange(projected.shape[1], device=projected.device)
         return projected[positions[None, :] < keep[:, None]]
+
+    def _encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
+        tower = self.audio_tower
+        if isinstance(tower, WhisperEncoder) and input_features.shape[-1] < _whisper_window_frames(tower):
+            return whisper_encode_prefix(tower, input_features)
+        return tower(input_features).last_hidden_state
 
     def get_image_features(self, pixel_values: torch.FloatTensor, image_grid_thw=None, **kwargs) -> torch.Tensor:
         """Visual tokens of the VLM's own image pathway, flattened to `(total_image_tokens, hidden_size)`."""
@@ -566,6 +642,9 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         shift_labels = kwargs.pop("shift_labels", None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.audio_delimiters(
+                input_ids, inputs_embeds, self.config.audio_bos_token_id, self.config.audio_eos_token_id
+            )
         batch_size = inputs_embeds.shape[0]
 
         bottleneck_sum = inputs_embeds.new_zeros(0)
@@ -576,7 +655,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         )  # fmt: skip
         for name, token_id, features in modality_streams:
             mask = self._placeholder_mask(input_ids, inputs_embeds, token_id, features.shape[0], name)
-            features, bottleneck = self._enhance(features.to(inputs_embeds.dtype))
+            # features may come from another device (device_map splits towers and LLM): move them to the embeddings'
+            features, bottleneck = self._enhance(features.to(inputs_embeds.device, inputs_embeds.dtype))
             inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], features)
             if bottleneck is not None:
                 per_sample, counts = _sum_per_sample(bottleneck, mask)
@@ -625,9 +705,9 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         if input_features is not None:
             yield "audio", self.config.audio_token_id, self.get_audio_features(input_features, feature_attention_mask)
         if pixel_values is not None:
-            yield "image", vlm_config.image_token_id, self.get_image_features(pixel_values, image_grid_thw)
+            yield "image", self.backbone.image_token_id(vlm_config), self.get_image_features(pixel_values, image_grid_thw)
         if pixel_values_videos is not None:
-            yield "video", vlm_config.video_token_id, self.get_video_features(pixel_values_videos, video_grid_thw)
+            yield "video", self.backbone.video_token_id(vlm_config), self.get_video_features(pixel_values_videos, video_grid_thw)
 
     def _placeholder_mask(self, input_ids, inputs_embeds, token_id: int, num_features: int, name: str) -> torch.Tensor:
         if input_ids is not None:
@@ -670,10 +750,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         return {key: value for key, value in inputs.items() if key in self._backbone_forward_parameters or key in extra}
 
     def _token_types_from_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        token_types = torch.zeros_like(input_ids, dtype=torch.int)
-        token_types[input_ids == self.config.vlm_config.image_token_id] = 1
-        token_types[input_ids == self.config.vlm_config.video_token_id] = 2
-        return token_types
+        return self.backbone.token_types(input_ids, self.config.vlm_config)
 
     def _lm_loss(self, logits: torch.Tensor, labels, logits_to_keep, shift_labels=None) -> torch.Tensor:
         if isinstance(logits_to_keep, int) and logits_to_keep == 0:
@@ -754,20 +831,46 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _audio_token_ids(tokenizer, vocab_size: int) -> dict[str, int]:
-    """Audio special token ids from a tokenizer that has them, else the next three ids after the VLM vocabulary."""
-    names = ("audio_token", "audio_bos_token", "audio_eos_token")
-    defaults = ("<|audio_pad|>", "<|audio_bos|>", "<|audio_eos|>")
-    if tokenizer is None:
-        return {f"{name}_id": vocab_size + offset for offset, name in enumerate(names)}
-    ids = {}
-    for name, default in zip(names, defaults):
-        token = getattr(tokenizer, name, None) or default
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {token} token; add the audio tokens first (VAEmotionProcessor does)")
-        ids[f"{name}_id"] = token_id
-    return ids
+def _whisper_window_frames(encoder: WhisperEncoder) -> int:
+    return encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+
+
+def whisper_encode_prefix(encoder: WhisperEncoder, input_features: torch.Tensor) -> torch.Tensor:
+    """Whisper's encoder on windows shorter than its 30 s, with the prefix of its position table.
+
+    The stock forward refuses anything but the full window (3000 mel frames), so a 2 s clip pays for 28 s of padding.
+    This is the same computation (convolutions, sinusoidal positions, layers, final norm) on the frames given, with
+    positions ``0..T-1``; on a full window it equals the stock forward. Whisper was trained on padded windows only, so
+    the states of a short window differ somewhat from the padded form's (measured in benchmarks/RESULTS.md).
+    """
+    hidden = F.gelu(encoder.conv1(input_features))
+    hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    if hidden.shape[1] > encoder.embed_positions.num_embeddings:
+        raise ValueError(
+            f"input_features: {input_features.shape[-1]} mel frames are more than the encoder's window "
+            f"({_whisper_window_frames(encoder)})"
+        )
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        if encoder.training and encoder.layerdrop > 0.0 and torch.rand([]) < encoder.layerdrop:
+            continue
+        hidden = layer(hidden, None)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # transformers < 5.22 returned a tuple
+    return encoder.layer_norm(hidden)
+
+
+def _checkpoint_tokenizer(vlm_path, vlm_config):
+    """The VLM checkpoint's tokenizer with the audio tokens (as the processor builds it), or None when the checkpoint
+    has none: a tokenizer that does not know the VLM's image token is not the VLM's (transformers may build an empty
+    one from a folder without tokenizer files)."""
+    backbone = backbone_for(vlm_config.model_type)
+    try:
+        tokenizer = load_vlm_tokenizer(vlm_path)
+    except (OSError, ValueError, TypeError):
+        return None
+    image_token_id = tokenizer.convert_tokens_to_ids(backbone.image_token(tokenizer))
+    return tokenizer if image_token_id == backbone.image_token_id(vlm_config) else None
 
 
 def _flatten_features(features) -> torch.Tensor:

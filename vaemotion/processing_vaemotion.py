@@ -1,5 +1,5 @@
 # Copyright 2026 The VAEmotion Authors. Licensed under the Apache License, Version 2.0.
-"""VAEmotion processor: Qwen2.5-VL's image/video processing plus a Whisper audio pathway.
+"""VAEmotion processor: the VLM family's own image/video processing plus a Whisper audio pathway.
 
 Flat module with relative imports only: it is copied into hub checkpoints as remote code.
 """
@@ -9,39 +9,43 @@ from __future__ import annotations
 import math
 import os
 import re
+from functools import cached_property
 
 import numpy as np
+import torch
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
-    AutoImageProcessor,
-    AutoTokenizer,
-    AutoVideoProcessor,
-    Qwen2_5_VLProcessor,
+    AutoProcessor,
+    BatchFeature,
     WhisperFeatureExtractor,
 )
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 from transformers.video_utils import make_batched_videos
 
+from .backbones import (
+    AUDIO_SPECIAL_TOKENS,
+    AUDIO_TOKEN_TYPE,
+    IMAGE_TOKEN_TYPE,
+    VIDEO_FRAMES_MARKER,
+    VIDEO_TOKEN_TYPE,
+    backbone_for,
+    load_vlm_tokenizer,
+)
 from .configuration_vaemotion import num_audio_tokens
 from .media import VAEmotionInputError, VideoClip, load_audio, load_video
 
 
 logger = logging.get_logger(__name__)
 
-# The three tokens VAEmotion adds to a VLM's tokenizer, under the names transformers exposes them by
-# (`tokenizer.audio_token`, `tokenizer.audio_token_id`, ...).
-AUDIO_SPECIAL_TOKENS = {
-    "audio_token": "<|audio_pad|>",
-    "audio_bos_token": "<|audio_bos|>",
-    "audio_eos_token": "<|audio_eos|>",
-}
+# What an audio part (and a video's soundtrack) becomes in the text: one placeholder, expanded by the processor to
+# one block per audio window. Audio parts are written into the VLM's own chat template as this text.
+AUDIO_BLOCK = "".join(AUDIO_SPECIAL_TOKENS[name] for name in ("audio_bos_token", "audio_token", "audio_eos_token"))
 
-# Qwen-style turns with typed parts. A video's soundtrack (`use_audio_in_video=True`) gets its own audio block
-# right after the video block: the processor fills the first audio placeholder after each video with that video's
-# audio, so the model hears the clip where it sees it.
+# Used only when the VLM's tokenizer has no chat template of its own: Qwen-style turns with typed image, video and
+# text parts (audio parts arrive as text, see AUDIO_BLOCK).
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -56,9 +60,6 @@ DEFAULT_CHAT_TEMPLATE = (
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif part['type'] == 'video' %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% if use_audio_in_video %}<|audio_bos|><|audio_pad|><|audio_eos|>{% endif %}"
-    "{% elif part['type'] == 'audio' %}"
-    "<|audio_bos|><|audio_pad|><|audio_eos|>"
     "{% elif part['type'] == 'text' %}"
     "{{ part['text'] }}"
     "{% endif %}"
@@ -72,16 +73,16 @@ DEFAULT_CHAT_TEMPLATE = (
 # Video sampling when the call names neither `num_frames` nor `fps` and the video processor has no default:
 # 2 frames per second, as qwen-vl-utils samples for Qwen2.5-VL.
 DEFAULT_VIDEO_FPS = 2.0
+# Keys of a typed part that carry its medium, per type.
+MEDIA_KEYS = {"image": ("image", "url", "path", "base64"), "video": ("video", "url", "path"), "audio": ("audio", "url", "path")}
 
 
-class VAEmotionProcessingKwargs(ProcessingKwargs, total=False):
-    use_audio_in_video: bool
+class VAEmotionProcessor(ProcessorMixin):
+    r"""Builds VAEmotion's model inputs from text, images, videos and audio, for any supported VLM family.
 
-
-class VAEmotionProcessor(Qwen2_5_VLProcessor):
-    r"""Builds VAEmotion's model inputs from text, images, videos and audio.
-
-    Images and videos go through the VLM's processors exactly as in [`Qwen2_5_VLProcessor`]. Audio is loaded with
+    Images and videos go through the VLM family's own processor (`Qwen2_5_VLProcessor`, `LlavaProcessor`, ...:
+    see `vaemotion/backbones.py`), which expands their placeholders exactly as the pretrained VLM expects. A family
+    without a video pathway (LLaVA 1.5) sees a video as its sampled frames, each an image. Audio is loaded with
     [`~vaemotion.media.load_audio`], cut into consecutive windows of the feature extractor's length (30 s for real
     Whisper), at most `max_audio_windows` per audio, and each window becomes its own placeholder block of
     `num_audio_tokens(valid mel frames, audio_pool_stride)` `<|audio_pad|>` tokens; consecutive windows are separated
@@ -92,20 +93,29 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
     its sampled frames, fills the first audio placeholder that follows the video in the text (the chat template
     writes one right after each video block).
 
-    Outputs: `input_ids`, `attention_mask`, `mm_token_type_ids` (0 text, 1 image, 2 video, 3 audio), `pixel_values`,
-    `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts`, `input_features`
-    `(num_windows, n_mels, window_frames)` and `feature_attention_mask` `(num_windows, window_frames)`, windows in
-    the order of their placeholder blocks in the batch.
+    Outputs: `input_ids`, `attention_mask`, `mm_token_type_ids` (0 text, 1 image, 2 video, 3 audio), the family's
+    visual inputs (Qwen: `pixel_values`, `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`,
+    `second_per_grid_ts`; LLaVA: `pixel_values`), `input_features` `(num_windows, n_mels, window_frames)` and
+    `feature_attention_mask` `(num_windows, window_frames)`, windows in the order of their placeholder blocks.
 
     Args:
-        image_processor ([`Qwen2VLImageProcessor`]): the VLM's image processor.
+        image_processor: the VLM's image processor.
         tokenizer ([`PreTrainedTokenizerBase`]): the VLM's tokenizer with `<|audio_bos|>`, `<|audio_pad|>` and
             `<|audio_eos|>` (see [`~VAEmotionProcessor.from_vlm_and_audio_pretrained`]).
-        video_processor ([`Qwen2VLVideoProcessor`]): the VLM's video processor.
+        video_processor: the VLM's video processor. A family without a video pathway never calls it: it carries
+            the stand-in `from_vlm_and_audio_pretrained` builds, since every processor part must be present.
         feature_extractor ([`WhisperFeatureExtractor`]): log-mel features for the audio encoder.
-        chat_template (`str`, *optional*): defaults to a Qwen-style template with image, video and audio parts.
+        chat_template (`str`, *optional*): the VLM's own chat template; audio parts are written into it as text.
+            Defaults to a Qwen-style template when the VLM has none.
         audio_pool_stride (`int`, defaults to 2): the model's pooling after the encoder (25 tokens per second).
         max_audio_windows (`int`, defaults to 4): windows kept per audio; longer audio is cut with a warning.
+        vlm_family (`str`, defaults to `"qwen2_5_vl"`): the VLM's `model_type`, which selects its backbone adapter.
+        vlm_processor_settings (`dict`, *optional*): the family processor's own settings (LLaVA: `patch_size`,
+            `vision_feature_select_strategy`, `num_additional_image_tokens`).
+        pad_audio_to_window (`bool`, defaults to `True`): pad every audio window to the encoder's full window (real
+            Whisper: 30 s) as Whisper was trained. `False` pads only to the longest window of the batch, so a 2 s clip
+            does not pay for 28 s of padding; the model then runs Whisper on the shorter input with a prefix of its
+            position table (its effect on the encoder's states is measured in benchmarks/RESULTS.md).
 
     Example:
 
@@ -125,8 +135,6 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
     ```
     """
 
-    valid_processor_kwargs = VAEmotionProcessingKwargs
-
     def __init__(
         self,
         image_processor=None,
@@ -136,18 +144,23 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
         chat_template=None,
         audio_pool_stride=2,
         max_audio_windows=4,
+        vlm_family="qwen2_5_vl",
+        vlm_processor_settings=None,
+        pad_audio_to_window=True,
         **kwargs,
     ):
         if audio_pool_stride < 1:
             raise VAEmotionInputError(f"audio_pool_stride: must be >= 1, got {audio_pool_stride}")
         if max_audio_windows < 1:
             raise VAEmotionInputError(f"max_audio_windows: must be >= 1, got {max_audio_windows}")
-        for name, default in (
-            ("image_token", "<|image_pad|>"),
-            ("video_token", "<|video_pad|>"),
-            *AUDIO_SPECIAL_TOKENS.items(),
-        ):
-            token = getattr(tokenizer, name, None) or default
+        try:
+            backbone = backbone_for(vlm_family)
+        except ValueError as error:
+            raise VAEmotionInputError(f"vlm_family: {error}") from None
+        tokens = {"image_token": backbone.image_token(tokenizer), **AUDIO_SPECIAL_TOKENS}
+        if backbone.takes_videos:
+            tokens["video_token"] = backbone.video_token(tokenizer)
+        for name, token in tokens.items():
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
                 raise VAEmotionInputError(
@@ -156,86 +169,183 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
                 )
             setattr(self, name, token)
             setattr(self, f"{name}_id", token_id)
+        if not backbone.takes_videos:
+            self.video_token, self.video_token_id = None, None
         self.audio_pool_stride = audio_pool_stride
         self.max_audio_windows = max_audio_windows
-        # Qwen2_5_VLProcessor.__init__ only takes three sub-processors: go to the mixin directly.
-        ProcessorMixin.__init__(
-            self,
-            image_processor,
-            tokenizer,
-            video_processor,
-            feature_extractor,
-            chat_template=chat_template or DEFAULT_CHAT_TEMPLATE,
-            **kwargs,
+        self.vlm_family = vlm_family
+        self.vlm_processor_settings = dict(vlm_processor_settings or {})
+        self.pad_audio_to_window = pad_audio_to_window
+        template = chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, video_processor, feature_extractor, chat_template=template, **kwargs)
+
+    @property
+    def backbone(self):
+        """What differs in this VLM family (vaemotion/backbones.py)."""
+        return backbone_for(self.vlm_family)
+
+    @cached_property
+    def vlm_processor(self):
+        """The VLM family's own processor over these parts: it expands image and video placeholders."""
+        return self.backbone.build_vlm_processor(
+            self.image_processor, self.tokenizer, self.video_processor, self.vlm_processor_settings
         )
+
+    @property
+    def frame_multiple(self) -> int:
+        """Frames a video is sampled in multiples of (the VLM's temporal patch size; 1 without one)."""
+        return self.backbone.frame_multiple(self.video_processor)
 
     @classmethod
     def from_vlm_and_audio_pretrained(cls, vlm_path, audio_path, **kwargs) -> VAEmotionProcessor:
-        """Build the processor from a VLM checkpoint (tokenizer, image and video processors) and an audio encoder.
+        """Build the processor from a VLM checkpoint (its own processor: tokenizer, image and video processors,
+        chat template, family settings) and an audio encoder.
 
-        The VLM's tokenizer gets the three audio tokens through `extra_special_tokens`. The feature extractor is
-        the audio checkpoint's own, or a [`WhisperFeatureExtractor`] built from its config; either way its mel bins
-        must equal the encoder's `num_mel_bins` and its window must fill the encoder's `max_source_positions`.
+        The VLM's tokenizer gets the three audio tokens (`vaemotion.backbones.load_vlm_tokenizer`, the same call
+        [`VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained`] makes, so both get the same ids). The
+        feature extractor is the audio checkpoint's own, or a [`WhisperFeatureExtractor`] built from its config;
+        either way its mel bins must equal the encoder's `num_mel_bins` and its window must fill the encoder's
+        `max_source_positions`.
 
         Args:
-            vlm_path (`str` or `os.PathLike`): a Qwen2.5-VL-style checkpoint directory or hub id.
+            vlm_path (`str` or `os.PathLike`): a VLM checkpoint directory or hub id of a supported family.
             audio_path (`str` or `os.PathLike`): a Whisper checkpoint directory or hub id.
-            kwargs: `chat_template`, `audio_pool_stride`, `max_audio_windows`.
+            kwargs: `chat_template`, `audio_pool_stride`, `max_audio_windows`, `pad_audio_to_window`.
         """
-        # Named special tokens already in the checkpoint (e.g. `image_token`) are kept alongside these.
-        tokenizer = AutoTokenizer.from_pretrained(vlm_path, extra_special_tokens=dict(AUDIO_SPECIAL_TOKENS))
+        family = AutoConfig.from_pretrained(vlm_path).model_type
+        try:
+            backbone = backbone_for(family)
+        except ValueError as error:
+            raise VAEmotionInputError(f"vlm_path: {error}") from None
+        vlm_processor = AutoProcessor.from_pretrained(vlm_path)
+        tokenizer = load_vlm_tokenizer(vlm_path)
+        video_processor = getattr(vlm_processor, "video_processor", None)
+        if video_processor is None:
+            video_processor = _stand_in_video_processor(vlm_processor.image_processor)
+        kwargs.setdefault("chat_template", getattr(vlm_processor, "chat_template", None) or tokenizer.chat_template)
         return cls(
-            image_processor=AutoImageProcessor.from_pretrained(vlm_path),
+            image_processor=vlm_processor.image_processor,
             tokenizer=tokenizer,
-            video_processor=AutoVideoProcessor.from_pretrained(vlm_path),
+            video_processor=video_processor,
             feature_extractor=_feature_extractor_for_encoder(audio_path),
+            vlm_family=family,
+            vlm_processor_settings=backbone.processor_settings(vlm_processor),
             **kwargs,
         )
 
-    def apply_chat_template(self, conversation, chat_template=None, use_audio_in_video: bool = False, **kwargs):
-        """Render (and with `tokenize=True`, process) conversations with typed parts.
+    def to_dict(self) -> dict:
+        # What this object derives from its parts is not configuration: keep it out of the (deep-copied) dict.
+        derived = {key: self.__dict__.pop(key) for key in ("vlm_processor", "_template_takes_parts_cache") if key in self.__dict__}
+        try:
+            return super().to_dict()
+        finally:
+            self.__dict__.update(derived)
+
+    # ------------------------------------------------------------------------------------------------ chat template
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template=None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors=None,
+        use_audio_in_video: bool = False,
+        processor_kwargs: dict | None = None,
+        **template_kwargs,
+    ):
+        """Render (and with `tokenize=True`, process) conversations with typed parts in the VLM's own template.
 
         Parts are `{"type": "text", "text": ...}`, `{"type": "image", "image"|"path"|"url": ...}`,
-        `{"type": "video", "path"|"video": ...}` and `{"type": "audio", "path"|"audio": ...}`. With `tokenize=True`
-        media given as paths are decoded by [`~vaemotion.media.load_video`] / [`~vaemotion.media.load_audio`];
-        pass audio arrays as `{"array", "sampling_rate"}` dicts. `num_frames` / `fps` (in `processor_kwargs`)
-        choose the frames sampled from videos. With `use_audio_in_video=True` every video also brings its
-        soundtrack, placed in an audio block right after the video block.
+        `{"type": "video", "path"|"video": ...}` and `{"type": "audio", "path"|"audio": ...}`. Images and videos
+        are written the way the VLM's template writes them (a family without a video pathway gets one image block
+        per sampled frame); audio parts become `<|audio_bos|><|audio_pad|><|audio_eos|>` text, and with
+        `use_audio_in_video=True` every video also brings its soundtrack in such a block right after it. The
+        template's own system prompt and turn markup are kept. A template that only takes string contents gets the
+        parts joined into one string.
+
+        With `tokenize=True` media given as paths are decoded by [`~vaemotion.media.load_video`] /
+        [`~vaemotion.media.load_audio`]; pass audio arrays as `{"array", "sampling_rate"}` dicts. `num_frames` /
+        `fps` (in `processor_kwargs`) choose the frames sampled from videos.
         """
-        return super().apply_chat_template(
-            conversation,
-            chat_template=chat_template,
-            use_audio_in_video=use_audio_in_video,  # a template variable: it places the soundtrack's block
-            load_audio_from_video=use_audio_in_video,  # reaches _multimodal_inputs_from_conversations
-            **kwargs,
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if batched else [conversation]
+        template = chat_template or self.chat_template
+        texts = [
+            self.tokenizer.apply_chat_template(
+                self._template_conversation(conv, template, use_audio_in_video),
+                chat_template=template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **template_kwargs,
+            )
+            for conv in conversations
+        ]
+        if not tokenize:
+            return texts if batched else texts[0]
+        media = _media_from_conversations(conversations)
+        inputs = self(
+            text=texts,
+            **{key: value for key, value in media.items() if value},
+            use_audio_in_video=use_audio_in_video,
+            return_tensors=return_tensors,
+            **(processor_kwargs or {}),
         )
+        return inputs if return_dict else inputs["input_ids"]
 
-    def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
-        # Media are gathered as given (paths stay paths) and decoded once, by __call__, with our loaders.
-        batch_images, batch_videos, batch_audio = [], [], []
-        for conversation in conversations:
-            images, videos = [], []
-            for message in conversation:
-                content = message.get("content")
-                if isinstance(content, str) or not content:
-                    continue
-                for part in content:
-                    if part["type"] == "image":
-                        images.extend(part[key] for key in ("image", "url", "path", "base64") if key in part)
-                    elif part["type"] == "video":
-                        videos.extend(part[key] for key in ("video", "url", "path") if key in part)
-                    elif part["type"] == "audio":
-                        batch_audio.extend(part[key] for key in ("audio", "url", "path") if key in part)
-            batch_images.append(images)
-            batch_videos.append(videos)
-        return batch_images, batch_videos, batch_audio, {"use_audio_in_video": load_audio_from_video}
+    def _template_conversation(self, conversation, template: str, use_audio_in_video: bool) -> list[dict]:
+        """The conversation as the VLM's template can render it: audio parts (and soundtracks) as text, videos as
+        the family writes them, everything joined into one string for a template without typed parts."""
+        string_contents = not self._template_takes_parts(template)
+        rendered = []
+        for index, message in enumerate(conversation):
+            content = message.get("content")
+            if content is None or isinstance(content, str):
+                rendered.append(message)
+                continue
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    parts.append(part)
+                elif kind == "image":
+                    parts.append(_text_part(self.backbone.image_text(self.tokenizer)) if string_contents else part)
+                elif kind == "video":
+                    typed = self.backbone.takes_videos and not string_contents
+                    parts.append(part if typed else _text_part(self.backbone.video_text(self.tokenizer)))
+                    if use_audio_in_video:
+                        parts.append(_text_part(AUDIO_BLOCK))
+                elif kind == "audio":
+                    parts.append(_text_part(AUDIO_BLOCK))
+                else:
+                    raise VAEmotionInputError(
+                        f"conversation: message {index} has a part of type {kind!r}; parts are text, image, video, audio"
+                    )
+            if string_contents:
+                parts = "".join(part["text"] for part in parts)
+            rendered.append({**message, "content": parts})
+        return rendered
 
+    def _template_takes_parts(self, template: str) -> bool:
+        """Whether a chat template renders typed content parts (a VLM's) or only string contents (a text LLM's,
+        which prints a list as its Python repr): found by rendering a probe once per template."""
+        known = self.__dict__.setdefault("_template_takes_parts_cache", {})
+        if template not in known:
+            probe = "vaemotion-probe-7f3a"
+            conversation = [{"role": "user", "content": [{"type": "text", "text": probe}]}]
+            text = self.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)
+            known[template] = probe in text and "'type'" not in text
+        return known[template]
+
+    # ------------------------------------------------------------------------------------------------ processing
     def __call__(self, images=None, text=None, videos=None, audio=None, use_audio_in_video: bool = False, **kwargs):
         """Process a batch; see the class docstring for the inputs and outputs.
 
         Audio arrays need their rate: pass `{"array", "sampling_rate"}` dicts, or `sampling_rate=` for all bare
         arrays (they are resampled to the feature extractor's rate). Video paths are sampled with `num_frames` or
-        `fps` (rounded down to a multiple of the VLM's `temporal_patch_size`); frames given as arrays with an odd
+        `fps` (rounded down to a multiple of the VLM's temporal patch size); frames given as arrays with an odd
         count are padded by repeating the last frame, as Qwen's video processor does.
 
         Raises:
@@ -244,15 +354,40 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
         """
         if isinstance(text, str):
             text = [text]
+        if text is not None:
+            text = list(text)
+        return_tensors = kwargs.pop("return_tensors", None)
         if images is not None:
-            images = self.image_processor.fetch_images(images)
+            images = make_flat_list_of_images(self.image_processor.fetch_images(images))
         clips, videos, kwargs = self._load_videos(videos, use_audio_in_video, kwargs)
         audio, kwargs = self._load_audio(audio, kwargs)
         self._check_placeholders(text, images, videos)
+        audio_inputs = {}
         if audio is not None or (use_audio_in_video and clips):
             audio = self._order_audio(text, audio or [], clips, use_audio_in_video)
-            kwargs["sampling_rate"] = self.feature_extractor.sampling_rate
-        return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+            audio_inputs, blocks = self._process_audio(audio, return_tensors)
+            text = self._expand_audio(text, blocks)
+        if videos is not None and not self.backbone.takes_videos:
+            text, images, videos = self._videos_as_frames(text, images, videos)
+            kwargs.pop("videos_kwargs", None)
+        vision = self.vlm_processor(images=images, text=text, videos=videos, return_tensors=return_tensors, **kwargs)
+        data = {key: value for key, value in vision.items() if key != "mm_token_type_ids"}
+        if "input_ids" in data:
+            data["mm_token_type_ids"] = self._token_types(data["input_ids"])
+        data.update(audio_inputs)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _token_types(self, input_ids):
+        """0 text, 1 image, 2 video, 3 audio, from the ids (tensors, arrays or lists of lists)."""
+        types = {self.image_token_id: IMAGE_TOKEN_TYPE, self.audio_token_id: AUDIO_TOKEN_TYPE}
+        if self.video_token_id is not None:
+            types[self.video_token_id] = VIDEO_TOKEN_TYPE
+        if isinstance(input_ids, (torch.Tensor, np.ndarray)):
+            token_types = input_ids * 0
+            for token_id, token_type in types.items():
+                token_types[input_ids == token_id] = token_type
+            return token_types
+        return [[types.get(token_id, 0) for token_id in row] for row in input_ids]
 
     def _load_videos(self, videos, use_audio_in_video: bool, kwargs: dict):
         """Decode video paths into frames + metadata; returns `(clips or None per video, videos, kwargs)`."""
@@ -285,7 +420,7 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
                     **sampling,
                     with_audio=use_audio_in_video,
                     sampling_rate=self.feature_extractor.sampling_rate,
-                    frame_multiple=self.video_processor.temporal_patch_size,
+                    frame_multiple=self.frame_multiple,
                 )
             if isinstance(clip, VideoClip):
                 if use_audio_in_video and clip.audio is None:
@@ -330,9 +465,10 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
     def _check_placeholders(self, text, images, videos):
         if text is None:
             return
+        video_placeholder = self.video_token if self.backbone.takes_videos else VIDEO_FRAMES_MARKER
         counts = {
-            "images": (self.image_token, 0 if images is None else len(make_flat_list_of_images(images))),
-            "videos": (self.video_token, 0 if videos is None else len(make_batched_videos(videos))),
+            "images": (self.image_token, 0 if images is None else len(images)),
+            "videos": (video_placeholder, 0 if videos is None else len(make_batched_videos(videos))),
         }
         for argument, (token, given) in counts.items():
             found = sum(sample.count(token) for sample in text)
@@ -352,7 +488,8 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
                 f"{soundtrack_note} were given"
             )
         standalone, soundtrack_iter = iter(audio), iter(soundtracks)
-        pattern = re.compile(f"(?P<video>{re.escape(self.video_token)})|(?P<audio>{re.escape(self.audio_token)})")
+        video_placeholder = self.video_token if self.backbone.takes_videos else VIDEO_FRAMES_MARKER
+        pattern = re.compile(f"(?P<video>{re.escape(video_placeholder)})|(?P<audio>{re.escape(self.audio_token)})")
         ordered = []
         for sample in text:
             pending = None  # the soundtrack of the last video, until an audio placeholder takes it
@@ -370,21 +507,24 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
                 raise _soundtrack_without_placeholder()
         return ordered
 
-    def _process_audio(self, audio, **kwargs):
+    def _process_audio(self, audio: list, return_tensors) -> tuple[dict, list[str]]:
+        """Log-mel windows of every audio (in placeholder order) and the placeholder text each audio becomes."""
         windows, windows_per_audio = self._split_into_windows(audio)
-        # Whisper's encoder takes exactly one window: pad every window to it and keep the mask of valid frames.
-        kwargs.update(return_attention_mask=True, padding="max_length", truncation=True)
-        kwargs.pop("sampling_rate", None)
-        features = self.feature_extractor(windows, sampling_rate=self.feature_extractor.sampling_rate, **kwargs)
-        features["feature_attention_mask"] = features.pop("attention_mask")
-        window_tokens = [
-            num_audio_tokens(int(frames), self.audio_pool_stride)
-            for frames in np.asarray(features["feature_attention_mask"]).sum(-1)
-        ]
+        # Whisper's stock encoder takes exactly one window: pad to it (or, with pad_audio_to_window=False, only to the
+        # batch's longest window) and keep the mask of valid frames.
+        padding = "max_length" if self.pad_audio_to_window else "longest"
+        features = self.feature_extractor(
+            windows, sampling_rate=self.feature_extractor.sampling_rate, return_attention_mask=True,
+            padding=padding, truncation=self.pad_audio_to_window, return_tensors=return_tensors,
+        )  # fmt: skip
+        mask = features.pop("attention_mask")
+        window_tokens = [num_audio_tokens(int(frames), self.audio_pool_stride) for frames in np.asarray(mask).sum(-1)]
         bounds = np.cumsum([0, *windows_per_audio]).tolist()
-        features["num_audio_tokens"] = [window_tokens[start:stop] for start, stop in zip(bounds, bounds[1:])]
-        replacements = [self.replace_audio_token(features, audio_idx=index) for index in range(len(audio))]
-        return features, replacements
+        blocks = [
+            (self.audio_eos_token + self.audio_bos_token).join(self.audio_token * count for count in window_tokens[start:stop])
+            for start, stop in zip(bounds, bounds[1:])
+        ]
+        return {"input_features": features["input_features"], "feature_attention_mask": mask}, blocks
 
     def _split_into_windows(self, audio: list) -> tuple[list, list[int]]:
         window = self.feature_extractor.n_samples
@@ -402,17 +542,37 @@ class VAEmotionProcessor(Qwen2_5_VLProcessor):
             windows_per_audio.append(count)
         return windows, windows_per_audio
 
-    def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
-        blocks = [self.audio_token * count for count in audio_inputs["num_audio_tokens"][audio_idx]]
-        return (self.audio_eos_token + self.audio_bos_token).join(blocks)
+    def _expand_audio(self, text, blocks: list[str]):
+        """Each audio placeholder of the batch (in order) replaced by its audio's blocks."""
+        if text is None:
+            return None
+        remaining = iter(blocks)
+        pattern = re.compile(re.escape(self.audio_token))
+        return [pattern.sub(lambda _: next(remaining), sample) for sample in text]
 
-    @property
-    def unused_input_names(self) -> list[str]:
-        return ["num_audio_tokens"]
+    def _videos_as_frames(self, text, images, videos):
+        """For a family without a video pathway: every video marker becomes one image block per sampled frame, and
+        the frames join the images in text order."""
+        pattern = re.compile(f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(VIDEO_FRAMES_MARKER)})")
+        given_images, given_videos = iter(images or []), iter(make_batched_videos(videos))
+        ordered, expanded = [], []
+        for sample in text:
+
+            def replace(match):
+                if match.lastgroup == "image":
+                    ordered.append(next(given_images))
+                    return match.group(0)
+                frames = list(next(given_videos))
+                ordered.extend(frames)
+                return self.backbone.frames_text(self.tokenizer, len(frames))
+
+            expanded.append(pattern.sub(replace, sample))
+        return expanded, ordered or None, None
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(dict.fromkeys(super().model_input_names + ["feature_attention_mask"]))
+        names = self.vlm_processor.model_input_names + ["mm_token_type_ids", "input_features", "feature_attention_mask"]
+        return list(dict.fromkeys(names))
 
 
 def _flatten_batch(items, leaf_types: tuple) -> list | None:
@@ -437,6 +597,36 @@ def _soundtrack_without_placeholder() -> VAEmotionInputError:
         "audio: with use_audio_in_video=True every video needs an audio placeholder after it, before the next video "
         "and in the same sample (the chat template writes one)"
     )
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _media_from_conversations(conversations) -> dict:
+    """The media of typed parts, in conversation order (paths stay paths: `__call__` decodes them once)."""
+    media = {"images": [], "videos": [], "audio": []}
+    argument = {"image": "images", "video": "videos", "audio": "audio"}
+    for conversation in conversations:
+        for message in conversation:
+            content = message.get("content")
+            if isinstance(content, str) or not content:
+                continue
+            for part in content:
+                kind = part.get("type")
+                if kind in MEDIA_KEYS:
+                    media[argument[kind]].extend(part[key] for key in MEDIA_KEYS[kind] if key in part)
+    return media
+
+
+def _stand_in_video_processor(image_processor):
+    """For a family without a video pathway: a video processor with the image processor's settings, which is never
+    called (frames go through the image processor) but fills the processor's video part."""
+    from transformers import LlavaOnevisionVideoProcessor
+
+    settings = {key: getattr(image_processor, key) for key in ("size", "crop_size", "image_mean", "image_std",
+                                                                  "do_center_crop", "resample") if hasattr(image_processor, key)}  # fmt: skip
+    return LlavaOnevisionVideoProcessor(**{key: value for key, value in settings.items() if value is not None})
 
 
 def _default_metadata(frames) -> dict:
@@ -465,4 +655,4 @@ def _feature_extractor_for_encoder(audio_path) -> WhisperFeatureExtractor:
     return extractor
 
 
-__all__ = ["VAEmotionProcessor", "AUDIO_SPECIAL_TOKENS", "DEFAULT_CHAT_TEMPLATE"]
+__all__ = ["VAEmotionProcessor", "AUDIO_BLOCK", "AUDIO_SPECIAL_TOKENS", "DEFAULT_CHAT_TEMPLATE"]

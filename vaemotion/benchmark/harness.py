@@ -295,7 +295,10 @@ def _prediction(model_name: str, config_name: str, row: dict, scores: OptionScor
 
 
 def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, progress) -> list[dict]:
-    frame_multiple = getattr(getattr(adapter.processor, "video_processor", None), "temporal_patch_size", 1)
+    # VAEmotion's processor knows its family's frame multiple; a baseline's video processor says it as its patch size
+    frame_multiple = getattr(adapter.processor, "frame_multiple", None) or getattr(
+        getattr(adapter.processor, "video_processor", None), "temporal_patch_size", 1
+    )
     decode = _clip_decoder(dataset, config_name, num_frames, frame_multiple)
     rows = list(dataset)
     item_queries = [

@@ -42,6 +42,9 @@ def run(args) -> int:
     _, config = parse_stage_config("stage1", ["--config", args.config, *options])
     if not config.teacher_cache_dir:
         raise SystemExit(f"{args.config}: set teacher_cache_dir (and teacher_top_k) to build a teacher cache")
+    from transformers import set_seed
+
+    set_seed(config.seed)  # as `train stage1` does: a model built from parts gets the same new weights there
     model, processor = load_model_and_processor(config)
     model.to(PartialState().device)
     datasets = [stage1_dataset(read_clips(source).records, processor, config)

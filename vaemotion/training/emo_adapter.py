@@ -341,16 +341,15 @@ class EmoAdapterCollator:
         return {"inputs": inputs, "positions": positions, "response_mask": mask, "response_labels": labels}
 
 
-def clip_dataset(records: Sequence[ClipRecord], config: EmoAdapterConfig, processor, model_config) -> ClipDataset:
+def clip_dataset(records: Sequence[ClipRecord], config: EmoAdapterConfig, processor) -> ClipDataset:
     """A [`~vaemotion.training.data.ClipDataset`] decoding only the streams the configured paths need."""
-    vision_config = getattr(model_config.vlm_config, "vision_config", None)
     return ClipDataset(
         records,
         num_frames=config.num_frames,
         sampling_rate=processor.feature_extractor.sampling_rate,
         decode_picture=config.kd_enabled or any(path in PICTURE_PATHS for path in config.paths),
         decode_audio=any(path in AUDIO_PATHS for path in config.paths),
-        frame_multiple=getattr(vision_config, "temporal_patch_size", 1),
+        frame_multiple=processor.frame_multiple,
         keep_in_memory=config.keep_clips_in_memory,
     )
 
@@ -589,8 +588,8 @@ def build_trainer(config: EmoAdapterConfig) -> EmoAdapterTrainer:
         model=model,
         args=config,
         data_collator=collator,
-        train_dataset=clip_dataset(train_records, config, processor, model_config),
-        eval_dataset=None if eval_records is None else clip_dataset(eval_records, config, processor, model_config),
+        train_dataset=clip_dataset(train_records, config, processor),
+        eval_dataset=None if eval_records is None else clip_dataset(eval_records, config, processor),
         processing_class=processor,
         compute_metrics=EmotionMetrics(config.paths, len(emotion_labels)) if config.use_emotion_supervisor else None,
     )

@@ -178,6 +178,11 @@ class VGAlignConfig(VAEmotionTrainingArguments):
     )
     # -- trainable set
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the audio encoder."})
+    train_audio_delimiters: bool = field(
+        default=True,
+        metadata={"help": "Train the <|audio_bos|>/<|audio_eos|> embeddings (two rows, started from the VLM's vision "
+                  "delimiters) with the projector."},
+    )
 
     def __post_init__(self):
         if isinstance(self.teacher_generation_kwargs, str):
@@ -816,7 +821,7 @@ def stage1_dataset(records: Sequence[ClipRecord], processor, config, *, cache: T
         cache=cache,
         num_frames=config.num_frames,
         sampling_rate=processor.feature_extractor.sampling_rate,
-        frame_multiple=processor.video_processor.temporal_patch_size,
+        frame_multiple=processor.frame_multiple,
         decode_picture=cache is None,
         keep_in_memory=config.keep_clips_in_memory,
     )
@@ -864,10 +869,12 @@ def build_datasets(model, processor, config) -> tuple[VGAlignDataset, VGAlignDat
 def prepare_trainable_model(model, config):
     """Freeze all but the Stage 1 trainable set (+ LoRA); returns ``(model or PeftModel, counts)``.
 
-    The projector (and the audio encoder with ``train_audio_encoder``) trains in full; with ``lora_r > 0`` they
-    become peft ``modules_to_save`` next to LoRA adapters on the LLM (``lora_target_modules``).
+    The projector and the audio delimiters (and the audio encoder with ``train_audio_encoder``) train in full; with
+    ``lora_r > 0`` they become peft ``modules_to_save`` next to LoRA adapters on the LLM (``lora_target_modules``).
     """
-    report = model.set_trainable("vg_align", train_audio_encoder=config.train_audio_encoder)
+    report = model.set_trainable(
+        "vg_align", train_audio_encoder=config.train_audio_encoder, train_audio_delimiters=config.train_audio_delimiters
+    )
     return finish_trainable_setup(model, config, report["modules"])
 
 
