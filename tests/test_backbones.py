@@ -25,10 +25,10 @@ from vaemotion.media import VAEmotionInputError
 from vaemotion.modeling_vaemotion import whisper_encode_prefix
 from vaemotion.tiny import build_tiny_processor, tiny_llava_config, tiny_qwen2_5_vl_config, tiny_whisper_config
 
-CHATML = (  # a text LLM's template (SmolLM2-style): string contents only, its own default system prompt
+CHATML = (  # a text LLM's template as SmolLM2's: concatenates string contents, its own default system prompt
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "<|im_start|>system\nYou are a small helpful model.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",

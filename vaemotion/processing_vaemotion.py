@@ -330,12 +330,16 @@ class VAEmotionProcessor(ProcessorMixin):
 
     def _template_takes_parts(self, template: str) -> bool:
         """Whether a chat template renders typed content parts (a VLM's) or only string contents (a text LLM's,
-        which prints a list as its Python repr): found by rendering a probe once per template."""
+        which prints a list as its Python repr, or fails concatenating it, as SmolLM2's does): found by rendering a
+        probe once per template."""
         known = self.__dict__.setdefault("_template_takes_parts_cache", {})
         if template not in known:
             probe = "vaemotion-probe-7f3a"
             conversation = [{"role": "user", "content": [{"type": "text", "text": probe}]}]
-            text = self.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)
+            try:
+                text = self.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)
+            except Exception:  # noqa: BLE001 - any failure on a typed part means the template wants strings
+                text = ""
             known[template] = probe in text and "'type'" not in text
         return known[template]
 
