@@ -200,3 +200,13 @@ def test_device_map_auto_loads_and_runs(tmp_path):
         expected = model(**{**inputs, "input_features": inputs["input_features"].float()}).logits
         torch.testing.assert_close(mapped(**inputs).logits, expected)
     assert np.isfinite(expected.numpy()).all()
+
+
+def test_a_model_built_from_a_config_starts_with_the_delimiters_own_rows():
+    from vaemotion.tiny import build_tiny_tokenizer, tiny_vaemotion_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer))
+    ids = [model.config.audio_bos_token_id, model.config.audio_eos_token_id]
+    torch.testing.assert_close(model.audio_delimiters.weight, model.get_input_embeddings().weight[ids])

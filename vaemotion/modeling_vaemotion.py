@@ -289,7 +289,15 @@ class VAEmotionPreTrainedModel(PreTrainedModel):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, VAEmotionAudioDelimiters):
-            init.zeros_(module.weight)  # then set from the embedding rows (__init__, init_audio_delimiters)
+            # the delimiters' own embedding rows (the VLM's embeddings are initialised first: they come first), so a
+            # model built from a config computes what a plain embedding lookup would; from_vlm_and_audio_pretrained
+            # then starts them from the vision delimiters (init_audio_delimiters)
+            embeddings = self.get_input_embeddings().weight
+            ids = [self.config.audio_bos_token_id, self.config.audio_eos_token_id]
+            if max(ids) < embeddings.shape[0]:
+                init.copy_(module.weight, embeddings[ids])
+            else:
+                init.zeros_(module.weight)
         else:
             super()._init_weights(module)
 
@@ -335,16 +343,6 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
         use_fast_vision_tower(self.vlm)
         self.post_init()
-        self._copy_delimiter_rows()
-
-    @torch.no_grad()
-    def _copy_delimiter_rows(self):
-        # A model built from a config starts with the delimiters' own embedding rows, so it computes exactly what a
-        # plain embedding lookup would (from_vlm_and_audio_pretrained then starts them from the vision delimiters).
-        embeddings = self.get_input_embeddings().weight
-        ids = [self.config.audio_bos_token_id, self.config.audio_eos_token_id]
-        if max(ids) < embeddings.shape[0] and embeddings.device.type != "meta":
-            self.audio_delimiters.weight.copy_(embeddings[ids])
 
     def initialize_weights(self):
         super().initialize_weights()

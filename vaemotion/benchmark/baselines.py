@@ -45,6 +45,7 @@ from transformers import (
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .. import VAEmotionForConditionalGeneration
+from ..backbones import backbone_for
 from ..configuration_vaemotion import ARTEMIS_EMOTIONS
 from ..processing_vaemotion import VAEmotionProcessor
 from ..training.data import DecodedClip, conversation, encode_prompt, tokenize_response
@@ -180,10 +181,9 @@ class VAEmotionAdapter(ModelAdapter):
         return self.model  # its own forward keeps logits where asked and adds the emotion heads
 
     def position_ids(self, batch: dict) -> torch.Tensor:
-        language_backbone = self.model.language_backbone
-        if not hasattr(language_backbone, "get_rope_index"):  # LLaVA-style VLMs: plain positions
+        if not self.model.backbone.uses_mrope:  # LLaVA-style VLMs: plain positions
             return super().position_ids(batch)
-        return _qwen_vl_positions(language_backbone, batch, self.model.config.vlm_config)
+        return _qwen_vl_positions(self.model.language_backbone, batch, self.model.config.vlm_config)
 
     def forward(self, inputs: dict, *, cache=None, logits_to_keep: int = 0) -> StepOutput:
         outputs = self.model(**inputs, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
@@ -310,19 +310,11 @@ def _text_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _vision_token_types(input_ids: torch.Tensor, config) -> torch.Tensor:
-    """Qwen-VL rope token types from the ids: image 1, video 2, everything else (audio included) text 0."""
-    token_types = torch.zeros_like(input_ids)
-    token_types[input_ids == config.image_token_id] = 1
-    token_types[input_ids == config.video_token_id] = 2
-    return token_types
-
-
 def _qwen_vl_positions(vl_model, batch: dict, config) -> torch.Tensor:
     """Qwen2(.5)-VL 3D positions ``(3, B, L)`` of a left-padded batch, from the model's own ``get_rope_index``."""
     positions, _ = vl_model.get_rope_index(
         batch["input_ids"],
-        mm_token_type_ids=_vision_token_types(batch["input_ids"], config),
+        mm_token_type_ids=backbone_for(config.model_type).token_types(batch["input_ids"], config),
         image_grid_thw=batch.get("image_grid_thw"),
         video_grid_thw=batch.get("video_grid_thw"),
         second_per_grid_ts=batch.get("second_per_grid_ts"),
