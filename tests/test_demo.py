@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline
 
@@ -74,3 +75,17 @@ def test_final_model_loads_with_auto_classes_and_the_pipeline(demo_dir):
     prediction = classifier(str(clip))
     assert prediction["emotion"] in model.config.emotion_labels
     assert -1.0 <= prediction["valence"] <= 1.0 and abs(sum(prediction["scores"].values()) - 1.0) < 1e-4
+
+
+def test_a_pretrained_audio_encoder_is_used_frozen_and_unpadded():
+    from real_parts import real_part_path
+    from transformers import WhisperModel
+
+    from vaemotion.demo import QUICK, build_tiny_parts
+
+    whisper = real_part_path("whisper-tiny.en")
+    model, processor = build_tiny_parts(QUICK, seed=0, audio_encoder=str(whisper))
+    reference = WhisperModel.from_pretrained(whisper).get_encoder().state_dict()
+    assert all(torch.equal(tensor, reference[name]) for name, tensor in model.audio_tower.state_dict().items())
+    assert processor.feature_extractor.feature_size == 80 and not processor.pad_audio_to_window
+    assert model.set_trainable("vg_align")["modules"] == ["audio_projector", "audio_delimiters"]  # the encoder stays frozen

@@ -33,7 +33,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ class DemoSettings:
     teacher_top_k: int = 8
     temperature: float = 2.0
     answer_head_weight: float = 3.0
+    train_audio_encoder: bool = True
     run_ablations: bool = True
 
 
@@ -84,27 +85,43 @@ SIGHT_QUESTIONS = (CONTENT_QUESTION, EMOTION_QUESTION)
 
 
 # ---------------------------------------------------------------------------------------------------- building
-def build_tiny_parts(settings: DemoSettings, seed: int):
-    """A tiny random Qwen2.5-VL + Whisper VAEmotion model and its processor, with the synth vocabulary."""
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+def build_tiny_parts(settings: DemoSettings, seed: int, audio_encoder: str | None = None):
+    """A tiny random Qwen2.5-VL + Whisper VAEmotion model and its processor, with the synth vocabulary.
+
+    With ``audio_encoder`` (a Whisper checkpoint folder or hub id) the audio tower is that pretrained encoder, with
+    its own feature extractor; clips are not padded to its 30 s window (``pad_audio_to_window=False``).
+    """
+    from transformers import AutoModel, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
 
     from .modeling_vaemotion import VAEmotionForConditionalGeneration
-    from .processing_vaemotion import VAEmotionProcessor
+    from .processing_vaemotion import VAEmotionProcessor, _feature_extractor_for_encoder
     from .tiny import build_tiny_tokenizer, tiny_vaemotion_config
 
     tokenizer = build_tiny_tokenizer([*CONTENT_CLASSES, *ARTEMIS_EMOTIONS])
     window = math.ceil(settings.duration)
     pixels = {"min_pixels": 56 * 56, "max_pixels": settings.image_size**2}
+    pretrained = None
+    if audio_encoder is not None:
+        pretrained = AutoModel.from_pretrained(audio_encoder)
+        pretrained = pretrained.get_encoder() if pretrained.config.is_encoder_decoder else pretrained
+        extractor = _feature_extractor_for_encoder(audio_encoder)
+    else:
+        extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=window)
     processor = VAEmotionProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
-        feature_extractor=WhisperFeatureExtractor(feature_size=128, chunk_length=window),
+        feature_extractor=extractor,
         audio_pool_stride=4,
+        pad_audio_to_window=pretrained is None,
     )
     config = tiny_vaemotion_config(tokenizer, window_seconds=window, audio_pool_stride=4)
     vision = config.vlm_config.vision_config
     vision.hidden_size, vision.intermediate_size, vision.num_heads = 64, 128, 4
+    if pretrained is not None:
+        config.audio_config = pretrained.config
+        torch.manual_seed(seed)
+        return VAEmotionForConditionalGeneration(config, audio_tower=pretrained), processor
     audio = config.audio_config
     audio.num_mel_bins, audio.d_model, audio.encoder_ffn_dim = 128, 64, 128
     audio.encoder_layers, audio.encoder_attention_heads, audio.dropout = 2, 4, 0.1
@@ -258,7 +275,7 @@ def run_stage1(model_dir: Path, manifest: Path, output_dir: Path, settings: Demo
         teacher_cache_dir=str(output_dir / "teacher_cache"),
         teacher_top_k=settings.teacher_top_k,
         temperature=settings.temperature,
-        train_audio_encoder=True,
+        train_audio_encoder=settings.train_audio_encoder,
         # At the demo's learning rate, training the two delimiter rows too cost the quick run 11 points of
         # audio-only content (0.444 vs 0.556, seed 0; benchmarks/RESULTS.md): they stay at their start here.
         train_audio_delimiters=False,
@@ -459,13 +476,19 @@ class PhaseTimer:
 
 
 def run_demo(output_dir: str | os.PathLike = "vaemotion-demo", *, quick: bool = False, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Run the demo and write its outputs to ``output_dir``; returns the results (``results.json``'s content)."""
+             progress: bool = True, audio_encoder: str | None = None) -> dict:
+    """Run the demo and write its outputs to ``output_dir``; returns the results (``results.json``'s content).
+
+    ``audio_encoder``: a pretrained Whisper checkpoint (folder or hub id) as the audio tower, frozen as in real use;
+    Stage 1 then trains the projector by distillation alone (no answer head).
+    """
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
     started = time.perf_counter()
     settings = QUICK if quick else FULL
+    if audio_encoder is not None:  # frozen as in real use; the answer head is for encoders trained from scratch
+        settings = replace(settings, train_audio_encoder=False, answer_head_weight=0.0)
     output_dir = Path(output_dir)
     work = output_dir / "work"
     if work.exists():
@@ -484,7 +507,7 @@ def run_demo(output_dir: str | os.PathLike = "vaemotion-demo", *, quick: bool = 
     manifests = write_manifests(data_dir, items)
     timer.done("data")
 
-    model, processor = build_tiny_parts(settings, seed)
+    model, processor = build_tiny_parts(settings, seed, audio_encoder)
     clips, answers = decoded_train_clips(data_dir, items, settings)
     items_by_clip = {}
     for item in items:
@@ -551,9 +574,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="a smaller run without the ablations (about 3 minutes on 2 CPU cores)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--audio-encoder", default=None, metavar="PATH_OR_HUB_ID",
+        help="a pretrained Whisper checkpoint as the audio tower (frozen; Stage 1 by distillation alone)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args) -> int:
-    run_demo(args.output, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    run_demo(args.output, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+             audio_encoder=args.audio_encoder)
     return 0
