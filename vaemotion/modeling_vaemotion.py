@@ -134,7 +134,8 @@ class VAEmotionAudioDelimiters(nn.Module):
         self.weight = nn.Parameter(torch.empty(2, config.get_text_config().hidden_size))
 
     def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, bos_id: int, eos_id: int) -> torch.Tensor:
-        weight = self.weight.to(inputs_embeds.dtype)
+        weight = self.weight.to(inputs_embeds.device, inputs_embeds.dtype)  # device_map may place it elsewhere
+        input_ids = input_ids.to(inputs_embeds.device)
         for row, token_id in enumerate((bos_id, eos_id)):  # no host sync: a select on every position
             inputs_embeds = torch.where((input_ids == token_id)[..., None], weight[row], inputs_embeds)
         return inputs_embeds
