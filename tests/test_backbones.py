@@ -210,3 +210,46 @@ def test_a_model_built_from_a_config_starts_with_the_delimiters_own_rows():
     model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer))
     ids = [model.config.audio_bos_token_id, model.config.audio_eos_token_id]
     torch.testing.assert_close(model.audio_delimiters.weight, model.get_input_embeddings().weight[ids])
+
+
+def solid(value, size=28):
+    return np.full((size, size, 3), value, np.uint8)
+
+
+def test_llava_keeps_images_and_frames_in_text_order_across_a_batch(llava_dir, whisper_dir, tmp_path):
+    processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(llava_dir[0], whisper_dir)
+    frames = np.stack([solid(100), solid(150)])  # a two-frame video between two images, then a sample with one image
+    image = {"type": "image"}
+    conversations = [
+        [{"role": "user", "content": [image, {"type": "video"}, image, {"type": "text", "text": "hi"}]}],
+        [{"role": "user", "content": [image, {"type": "text", "text": "look"}]}],
+    ]
+    texts = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    inputs = processor(text=texts, images=[solid(0), solid(250), solid(50)], videos=[frames], padding=True,
+                       return_tensors="pt")  # fmt: skip
+    means = inputs["pixel_values"].mean(dim=(1, 2, 3))
+    assert means.shape == (5,) and means.argsort().tolist() == [0, 4, 1, 2, 3]  # 0, 100, 150, 250 | 50
+    assert (inputs["input_ids"] == processor.image_token_id).sum(-1).tolist() == [4 * 4, 4]
+    processor.save_pretrained(tmp_path)
+    loaded = VAEmotionProcessor.from_pretrained(tmp_path)
+    assert (loaded.vlm_family, loaded.vlm_processor_settings) == ("llava", processor.vlm_processor_settings)
+    assert loaded.vlm_processor_settings["patch_size"] == 14 and loaded.chat_template == CHATML
+    again = loaded(text=texts, images=[solid(0), solid(250), solid(50)], videos=[frames], padding=True,
+                   return_tensors="pt")  # fmt: skip
+    torch.testing.assert_close(again["input_ids"], inputs["input_ids"])
+
+
+def test_top_level_processing_kwargs_reach_the_processor():
+    processor = build_tiny_processor(window_seconds=2)
+    conversations = [
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        [{"role": "user", "content": [{"type": "audio", "audio": {"array": tone(1.0, 16000), "sampling_rate": 16000}},
+                                      {"type": "text", "text": "what is the mood ?"}]}],
+    ]  # fmt: skip
+    batch = processor.apply_chat_template(conversations, tokenize=True, return_dict=True, return_tensors="pt",
+                                          padding=True, padding_side="left")  # fmt: skip
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and not batch["attention_mask"][0, 0]
+    as_lists = processor.apply_chat_template(conversations[1], tokenize=True, return_dict=True)
+    nested = processor.apply_chat_template(conversations[1], tokenize=True, return_dict=True,
+                                           processor_kwargs={"return_tensors": "pt"})  # fmt: skip
+    assert isinstance(as_lists["input_ids"], list) and nested["input_ids"][0].tolist() == as_lists["input_ids"][0]

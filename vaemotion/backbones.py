@@ -33,37 +33,27 @@ AUDIO_SPECIAL_TOKENS = {
 IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE, AUDIO_TOKEN_TYPE = 1, 2, 3
 
 
-def add_audio_tokens(tokenizer):
-    """Give ``tokenizer`` the three audio tokens (as named special tokens), unless it has them; returns it.
-
-    A new token takes the tokenizer's next free id (``len(tokenizer)``). The model and the processor both get their
-    ids from a tokenizer treated here, so the ids agree however the two are built: a checkpoint whose embedding
-    matrix has spare rows (every Qwen2.5-VL) puts the tokens on those rows instead of growing the matrix.
-    """
-    missing = {name: token for name, token in AUDIO_SPECIAL_TOKENS.items() if not _has_token(tokenizer, token)}
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(missing.values())}, replace_extra_special_tokens=False)
-    for name, token in AUDIO_SPECIAL_TOKENS.items():
-        if getattr(tokenizer, name, None) is None:
-            setattr(tokenizer, name, token)
-    return tokenizer
-
-
 def audio_token_ids(tokenizer) -> dict[str, int]:
     """``{"audio_token_id": ..., "audio_bos_token_id": ..., "audio_eos_token_id": ...}`` of a tokenizer that has them."""
     ids = {}
     for name, token in AUDIO_SPECIAL_TOKENS.items():
         if not _has_token(tokenizer, token):
-            raise ValueError(f"tokenizer: has no {token} token; add the audio tokens first (add_audio_tokens)")
+            raise ValueError(f"tokenizer: has no {token} token; load it with load_vlm_tokenizer, which adds them")
         ids[f"{name}_id"] = tokenizer.convert_tokens_to_ids(token)
     return ids
 
 
 def load_vlm_tokenizer(vlm_path, **kwargs):
-    """The VLM checkpoint's tokenizer with the audio tokens added: the one source of audio token ids."""
+    """The VLM checkpoint's tokenizer with the three audio tokens added as named special tokens (`tokenizer.audio_token`,
+    `tokenizer.audio_token_id`, ...; saved with it): the one source of audio token ids.
+
+    A token the tokenizer lacks takes its next free id (``len(tokenizer)``). The model and the processor both get
+    their ids from a tokenizer loaded here, so the ids agree however the two are built; a checkpoint whose embedding
+    matrix has spare rows (every Qwen2.5-VL) puts the tokens on those rows instead of growing the matrix.
+    """
     from transformers import AutoTokenizer
 
-    return add_audio_tokens(AutoTokenizer.from_pretrained(vlm_path, **kwargs))
+    return AutoTokenizer.from_pretrained(vlm_path, extra_special_tokens=dict(AUDIO_SPECIAL_TOKENS), **kwargs)
 
 
 def _has_token(tokenizer, token: str) -> bool:
@@ -84,6 +74,7 @@ class VLMBackbone:
         takes_videos: whether the family has a video pathway; without one a video is its frames, each an image.
         uses_mrope: whether the LLM's position code needs `input_ids`, grids and token types next to the embeddings.
         processor_init_keys: the family processor's own settings (beyond its parts) that VAEmotion's processor keeps.
+        default_num_frames: frames sampled per video by default when the family has no video pathway.
     """
 
     model_types: tuple[str, ...] = ()
@@ -94,6 +85,9 @@ class VLMBackbone:
     takes_videos: bool = False
     uses_mrope: bool = False
     processor_init_keys: tuple[str, ...] = ()
+    # frames sampled from a video when the call names neither num_frames nor fps, for a family without a video
+    # pathway (each frame costs a whole image's tokens: 576 for LLaVA 1.5 at 336 px)
+    default_num_frames: int = 4
 
     @property
     def name(self) -> str:
@@ -183,6 +177,10 @@ class Qwen2_5_VLBackbone(VLMBackbone):
         start, end = self.vision_delimiters
         return f"{start}{self.image_token(tokenizer)}{end}"
 
+    def video_text(self, tokenizer) -> str:
+        start, end = self.vision_delimiters
+        return f"{start}{self.video_token(tokenizer)}{end}"
+
     def frame_multiple(self, video_processor) -> int:
         return int(getattr(video_processor, "temporal_patch_size", None) or 2)
 
@@ -226,7 +224,6 @@ __all__ = [
     "Qwen2_5_VLBackbone",
     "VIDEO_FRAMES_MARKER",
     "VLMBackbone",
-    "add_audio_tokens",
     "audio_token_ids",
     "backbone_for",
     "load_vlm_tokenizer",

@@ -40,7 +40,8 @@ class VAEmotionConfig(PreTrainedConfig):
 
     Args:
         vlm_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of any image-text-to-text model loadable with `AutoModelForImageTextToText` (default Qwen2.5-VL).
+            Config of an image-text-to-text model loadable with `AutoModelForImageTextToText`, of a family with a
+            backbone adapter (`vaemotion/backbones.py`: Qwen2.5-VL, Qwen2-VL, LLaVA; default Qwen2.5-VL).
         audio_config (`dict` or `PreTrainedConfig`, *optional*):
             Config of the audio encoder (default Whisper; only its encoder is used).
         audio_token_id / audio_bos_token_id / audio_eos_token_id (`int`):

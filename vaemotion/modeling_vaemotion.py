@@ -3,8 +3,8 @@
 
 Flat module with relative imports only: it is copied into hub checkpoints as remote code.
 
-The model is a composition, not a fork: ``vlm`` is any image-text-to-text model from the Auto classes (reference:
-Qwen2.5-VL; LLaVA-style models work too), ``audio_tower`` is a Whisper encoder, ``audio_projector`` maps pooled
+The model is a composition, not a fork: ``vlm`` is an image-text-to-text model of a family with a backbone adapter
+(``backbones.py``: Qwen2.5-VL, Qwen2-VL, LLaVA), ``audio_tower`` is a Whisper encoder, ``audio_projector`` maps pooled
 audio frames to the LLM width, and the EmoAdapter adds a shared residual ``emotion_enhancer`` on every modality
 token plus ``emotion_supervisor`` heads for valence, arousal and emotion categories. Every modality's features are
 scattered into its placeholder tokens here, so the enhancer sees audio and visual tokens alike and the VLM only ever
@@ -333,6 +333,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
 
     def __init__(self, config: VAEmotionConfig, vlm: PreTrainedModel | None = None, audio_tower=None):
         super().__init__(config)
+        backbone_for(config.vlm_config.model_type)  # a family without an adapter is refused here, not at the forward
         self.vlm = vlm if vlm is not None else AutoModelForImageTextToText.from_config(config.vlm_config)
         self.audio_tower = audio_tower if audio_tower is not None else WhisperEncoder._from_config(config.audio_config)
         # One config object per part, so edits through either path (e.g. resizing the vocabulary) stay in sync.

@@ -218,6 +218,11 @@ class VAEmotionProcessor(ProcessorMixin):
         except ValueError as error:
             raise VAEmotionInputError(f"vlm_path: {error}") from None
         vlm_processor = AutoProcessor.from_pretrained(vlm_path)
+        if not hasattr(vlm_processor, "image_processor"):
+            raise VAEmotionInputError(
+                f"vlm_path: {vlm_path} has no image processor (AutoProcessor gave a {type(vlm_processor).__name__}); "
+                "save the VLM's processor there"
+            )
         tokenizer = load_vlm_tokenizer(vlm_path)
         video_processor = getattr(vlm_processor, "video_processor", None)
         if video_processor is None:
@@ -253,7 +258,7 @@ class VAEmotionProcessor(ProcessorMixin):
         return_tensors=None,
         use_audio_in_video: bool = False,
         processor_kwargs: dict | None = None,
-        **template_kwargs,
+        **kwargs,
     ):
         """Render (and with `tokenize=True`, process) conversations with typed parts in the VLM's own template.
 
@@ -267,11 +272,16 @@ class VAEmotionProcessor(ProcessorMixin):
 
         With `tokenize=True` media given as paths are decoded by [`~vaemotion.media.load_video`] /
         [`~vaemotion.media.load_audio`]; pass audio arrays as `{"array", "sampling_rate"}` dicts. `num_frames` /
-        `fps` (in `processor_kwargs`) choose the frames sampled from videos.
+        `fps` (in `processor_kwargs`, or as keyword arguments like `padding`) choose the frames sampled from videos;
+        keyword arguments that the template does not read go to the processor.
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = list(conversation) if batched else [conversation]
         template = chat_template or self.chat_template
+        # processing kwargs given at the top level (padding, num_frames, ...) go to the processor, as transformers does
+        template_variables = _template_variables(template)
+        call = {key: value for key, value in kwargs.items() if key not in template_variables}
+        template_kwargs = {key: value for key, value in kwargs.items() if key in template_variables}
         texts = [
             self.tokenizer.apply_chat_template(
                 self._template_conversation(conv, template, use_audio_in_video),
@@ -285,20 +295,24 @@ class VAEmotionProcessor(ProcessorMixin):
         ]
         if not tokenize:
             return texts if batched else texts[0]
-        media = _media_from_conversations(conversations)
-        inputs = self(
-            text=texts,
-            **{key: value for key, value in media.items() if value},
-            use_audio_in_video=use_audio_in_video,
-            return_tensors=return_tensors,
-            **(processor_kwargs or {}),
-        )
+        call.update(processor_kwargs or {})
+        call.setdefault("return_tensors", None if return_tensors == "auto" else return_tensors)
+        bos = self.tokenizer.bos_token
+        if bos and all(text.startswith(bos) for text in texts):
+            call.setdefault("add_special_tokens", False)  # the template wrote the BOS already
+        media = {key: value for key, value in _media_from_conversations(conversations).items() if value}
+        for key, value in media.items():
+            if key in call:
+                raise VAEmotionInputError(f"{key}: given both in the conversation and as an argument")
+            call[key] = value
+        inputs = self(text=texts, use_audio_in_video=use_audio_in_video, **call)
         return inputs if return_dict else inputs["input_ids"]
 
     def _template_conversation(self, conversation, template: str, use_audio_in_video: bool) -> list[dict]:
         """The conversation as the VLM's template can render it: audio parts (and soundtracks) as text, videos as
         the family writes them, everything joined into one string for a template without typed parts."""
-        string_contents = not self._template_takes_parts(template)
+        # the fallback template writes Qwen's vision tokens for typed parts: every family gets its own as text instead
+        string_contents = template == DEFAULT_CHAT_TEMPLATE or not self._template_takes_parts(template)
         rendered = []
         for index, message in enumerate(conversation):
             content = message.get("content")
@@ -349,8 +363,8 @@ class VAEmotionProcessor(ProcessorMixin):
 
         Audio arrays need their rate: pass `{"array", "sampling_rate"}` dicts, or `sampling_rate=` for all bare
         arrays (they are resampled to the feature extractor's rate). Video paths are sampled with `num_frames` or
-        `fps` (rounded down to a multiple of the VLM's temporal patch size); frames given as arrays with an odd
-        count are padded by repeating the last frame, as Qwen's video processor does.
+        `fps` (rounded down to a multiple of the VLM's temporal patch size, if it has one); frames given as arrays go
+        to the family's video processor as they are (Qwen's pads an odd count by repeating the last frame).
 
         Raises:
             [`VAEmotionInputError`]: undecodable media, placeholder counts that do not match the media, audio
@@ -412,7 +426,10 @@ class VAEmotionProcessor(ProcessorMixin):
         videos_kwargs.pop("do_sample_frames", None)
         kwargs.pop("do_sample_frames", None)
         if sampling["num_frames"] is None and sampling["fps"] is None:
-            sampling["num_frames"] = getattr(self.video_processor, "num_frames", None)
+            sampling["num_frames"] = (
+                getattr(self.video_processor, "num_frames", None) if self.backbone.takes_videos
+                else self.backbone.default_num_frames
+            )
             if sampling["num_frames"] is None:
                 sampling["fps"] = getattr(self.video_processor, "fps", None) or DEFAULT_VIDEO_FPS
         clips, frames, metadata = [], [], []
@@ -557,6 +574,11 @@ class VAEmotionProcessor(ProcessorMixin):
     def _videos_as_frames(self, text, images, videos):
         """For a family without a video pathway: every video marker becomes one image block per sampled frame, and
         the frames join the images in text order."""
+        if text is None:
+            raise VAEmotionInputError(
+                f"text: a {self.vlm_family} model sees a video as its frames, each an image block in the text; "
+                "give the text (e.g. from apply_chat_template)"
+            )
         pattern = re.compile(f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(VIDEO_FRAMES_MARKER)})")
         given_images, given_videos = iter(images or []), iter(make_batched_videos(videos))
         ordered, expanded = [], []
@@ -601,6 +623,13 @@ def _soundtrack_without_placeholder() -> VAEmotionInputError:
         "audio: with use_audio_in_video=True every video needs an audio placeholder after it, before the next video "
         "and in the same sample (the chat template writes one)"
     )
+
+
+def _template_variables(template: str) -> set[str]:
+    """The variables a chat template reads (besides the conversation), as transformers finds them."""
+    from jinja2 import Environment, meta
+
+    return set(meta.find_undeclared_variables(Environment().parse(template)))
 
 
 def _text_part(text: str) -> dict:
