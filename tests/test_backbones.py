@@ -210,6 +210,9 @@ def test_a_model_built_from_a_config_starts_with_the_delimiters_own_rows():
     model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(tokenizer))
     ids = [model.config.audio_bos_token_id, model.config.audio_eos_token_id]
     torch.testing.assert_close(model.audio_delimiters.weight, model.get_input_embeddings().weight[ids])
+    text = torch.tensor([[ids[0], 5, 6, ids[1], 7]])  # a text-only path through the plain VLM: the same logits
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=text).logits, model.vlm(input_ids=text).logits)
 
 
 def solid(value, size=28):

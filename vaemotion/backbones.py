@@ -61,6 +61,11 @@ def _has_token(tokenizer, token: str) -> bool:
     return token_id is not None and token_id != tokenizer.unk_token_id
 
 
+# A video in a family without a video pathway: a text marker (never tokenized) the processor replaces by the
+# frames' image blocks once it knows how many frames were sampled.
+VIDEO_FRAMES_MARKER = "<vaemotion_video_frames>"
+
+
 class VLMBackbone:
     """What VAEmotion needs to know about one VLM family. Subclasses set the class attributes.
 
@@ -88,10 +93,6 @@ class VLMBackbone:
     # frames sampled from a video when the call names neither num_frames nor fps, for a family without a video
     # pathway (each frame costs a whole image's tokens: 576 for LLaVA 1.5 at 336 px)
     default_num_frames: int = 4
-
-    @property
-    def name(self) -> str:
-        return self.model_types[0]
 
     # ---------------------------------------------------------------------------------------------------- processor
     def processor_class(self):
@@ -155,11 +156,6 @@ class VLMBackbone:
             if token_id is not None:
                 token_types[input_ids == token_id] = token_type
         return token_types
-
-
-# A video in a family without a video pathway: a text marker (never tokenized) the processor replaces by the
-# frames' image blocks once it knows how many frames were sampled.
-VIDEO_FRAMES_MARKER = "<vaemotion_video_frames>"
 
 
 class Qwen2_5_VLBackbone(VLMBackbone):
