@@ -16,9 +16,12 @@ from vaemotion.cli import main
 from vaemotion.configuration_vaemotion import ARTEMIS_EMOTIONS
 from vaemotion.synth import (
     CONTENT_CLASSES,
+    CUES,
     EMOTION_SECTORS,
+    HIDDEN_CUE_RATE,
     emotion_from_valence_arousal,
     generate_benchmark,
+    sample_cues,
     sample_latents,
     synthesize,
     write_clip,
@@ -135,15 +138,17 @@ def modulation_statistics(audio):
     return np.concatenate(features + [[log_mel.std(axis=1).mean()], log_mel.std(axis=0)[::4]])
 
 
-def ridge_probe_accuracy(features, labels, train, penalty=1.0):
-    """Held-out accuracy of a one-vs-rest ridge classifier on standardised features (closed form)."""
+def ridge_probe_accuracy(features, labels, train, penalty=1.0, test=None):
+    """Accuracy on ``test`` (default: every clip outside ``train``) of a one-vs-rest ridge classifier trained on
+    ``train``, on standardised features (closed form)."""
+    test = ~train if test is None else test
     mean, std = features[train].mean(axis=0), features[train].std(axis=0) + 1e-8
     design = np.c_[(features - mean) / std, np.ones(len(features))]
     targets = np.eye(labels.max() + 1)[labels]
     gram = design[train].T @ design[train] + penalty * np.eye(design.shape[1])
     weights = np.linalg.solve(gram, design[train].T @ targets[train])
     predictions = (design @ weights).argmax(axis=1)
-    return float(np.mean(predictions[~train] == labels[~train]))
+    return float(np.mean(predictions[test] == labels[test]))
 
 
 MAJOR_TRIAD, MINOR_TRIAD = (0, 4, 7), (0, 3, 7)
@@ -170,8 +175,8 @@ def triad_quality(audio, bins_per_semitone=3):
 
 
 @pytest.fixture(scope="module")
-def probe_set():
-    clips = list(synthesize(PROBE_CLIPS, seed=11, duration=2.0, fps=8, size=32))
+def probe_set():  # every cue shown: what each modality can carry
+    clips = list(synthesize(PROBE_CLIPS, seed=11, duration=2.0, fps=8, size=32, hidden_cue_rate=0.0))
     labels = np.array([CONTENT_CLASSES.index(clip.latent.content) for clip in clips])
     train = np.arange(len(clips)) % 4 != 0  # latents come in random order: a random 75/25 split
     return clips, labels, train
@@ -231,6 +236,72 @@ def test_sound_carries_valence_and_arousal(probe_set):
     assert abs(correlation(loudness, valence)) < 0.3
     assert correlation(mode, valence) > 0.4
     assert np.mean((np.array(mode) > np.median(mode)) == (valence > 0)) > 0.75
+
+
+# ----------------------------------------------------------------------------------------------- hidden cues
+
+
+def test_each_cue_is_hidden_at_its_rate_independently_of_the_others():
+    cues = sample_cues(1000, np.random.default_rng(0), rate=0.3)
+    hidden = np.array([[name in clip.hidden for name in CUES] for clip in cues], dtype=float)
+    assert (hidden.sum(0) == 300).all()  # exactly round(rate * n) per cue
+    both = hidden.T @ hidden / len(cues)  # P(both hidden) = rate**2 if independent (binomial spread about 0.015)
+    off_diagonal = both[~np.eye(len(CUES), dtype=bool)]
+    assert np.all(np.abs(off_diagonal - 0.09) < 0.03), both
+    assert not [clip for clip in sample_cues(50, np.random.default_rng(0), rate=0.0) if clip.hidden]
+    with pytest.raises(ValueError, match="hidden_cue_rate"):
+        sample_cues(10, np.random.default_rng(0), rate=1.5)
+
+
+@pytest.fixture(scope="module")
+def hidden_probe_set():  # every cue hidden in half the clips
+    clips = list(synthesize(PROBE_CLIPS, seed=12, duration=2.0, fps=8, size=32, hidden_cue_rate=0.5))
+    return clips, {name: np.array([name in clip.cues.hidden for clip in clips]) for name in CUES}
+
+
+def test_a_washed_out_picture_hides_valence_but_keeps_arousal(hidden_probe_set):
+    clips, hidden = hidden_probe_set
+    valence = np.array([clip.latent.valence for clip in clips])
+    arousal = np.array([clip.latent.arousal for clip in clips])
+    brightness = np.array([luminance(clip.frames).mean() for clip in clips])
+    rgb = [clip.frames.astype(np.float64) for clip in clips]
+    saturation = np.array([np.mean((x.max(-1) - x.min(-1)) / (x.max(-1) + 1e-6)) for x in rgb])
+    washed = hidden["picture_valence"]
+    assert correlation(brightness[~washed], valence[~washed]) > 0.8
+    assert abs(correlation(brightness[washed], valence[washed])) < 0.3
+    assert correlation(saturation[washed], arousal[washed]) > 0.8
+
+
+def test_a_flat_rhythm_hides_arousal_but_keeps_valence(hidden_probe_set):
+    clips, hidden = hidden_probe_set
+    valence = np.array([clip.latent.valence for clip in clips])
+    arousal = np.array([clip.latent.arousal for clip in clips])
+    loudness = np.array([10 * np.log10(np.mean(clip.audio.astype(np.float64) ** 2)) for clip in clips])
+    mode = np.array([triad_quality(clip.audio.astype(np.float64)) for clip in clips])
+    flat = hidden["sound_arousal"]
+    assert correlation(loudness[~flat], arousal[~flat]) > 0.7
+    assert abs(correlation(loudness[flat], arousal[flat])) < 0.3
+    assert correlation(mode[flat], valence[flat]) > 0.4
+
+
+def test_an_occluded_motif_and_a_masked_signature_hide_the_class(hidden_probe_set):
+    """A probe trained on clips that show the class reads it on held-out clips that show it, not on hidden ones."""
+    clips, hidden = hidden_probe_set
+    labels = np.array([CONTENT_CLASSES.index(clip.latent.content) for clip in clips])
+    for cue, features in (
+        ("picture_content", np.array([spatial_structure(clip.frames) for clip in clips])),
+        ("sound_content", np.array([modulation_statistics(clip.audio.astype(np.float64)) for clip in clips])),
+    ):
+        shown = np.flatnonzero(~hidden[cue])
+        train = np.zeros(len(clips), bool)
+        train[shown[: 2 * len(shown) // 3]] = True
+        held_out_shown = ridge_probe_accuracy(features, labels, train, test=~train & ~hidden[cue])
+        on_hidden = ridge_probe_accuracy(features, labels, train, test=hidden[cue])
+        assert held_out_shown > 0.6 and on_hidden < 0.3, (cue, held_out_shown, on_hidden)  # chance is 0.125
+
+
+def test_the_documented_rate_leaves_every_modality_most_items():
+    assert 0 < HIDDEN_CUE_RATE <= 1 / 3
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -325,7 +396,11 @@ def test_benchmark_layout(small_benchmark):
     for split in ("train", "test"):  # stratified: every class on both sides
         assert {i["content"] for i in items if i["split"] == split} == set(CONTENT_CLASSES)
     assert not list(folder.rglob("*.partial"))
-    assert sorted(p.name for p in folder.iterdir()) == ["media", "metadata.jsonl"]
+    assert sorted(p.name for p in folder.iterdir()) == ["cues.jsonl", "media", "metadata.jsonl"]
+    cues = [json.loads(line) for line in (folder / "cues.jsonl").read_text().splitlines()]
+    assert [record["clip_id"] for record in cues] == sorted(by_clip)
+    counted = Counter(name for record in cues for name in record["hidden"])
+    assert summary["hidden_cues"] == {name: counted[name] for name in CUES} == dict.fromkeys(CUES, round(0.3 * 16))
 
 
 def test_a_clip_decodes_with_both_streams_and_the_right_length(small_benchmark):

@@ -18,6 +18,10 @@ envelope, tilted by arousal only; and a random recording-channel colour (:func:`
 long-term spectral detail remains. So the class is neither a set of spectral peaks nor a spectral shape: it lives
 in the temporal and fine structure, as natural sound textures are recognised from their modulation statistics
 (McDermott & Simoncelli 2011).
+
+Hidden cues (latents.Cues): a sound that hides arousal is played at arousal 0 (a flat rhythm: middle tempo,
+density, articulation, loudness and brightness); one that hides its content plays the melody on a plain voice over a
+plain noise bed (:data:`MASKED_VOICE`, :func:`masked_texture`), the same for every class.
 """
 
 from __future__ import annotations
@@ -145,6 +149,10 @@ VOICES: dict[str, Voice] = {
     "forest": Voice((1.0, 2.0, 3.0), (1.0, 0.15, 0.05), "held", attack=0.08, vibrato=(5.0, 0.25)),  # flute
     "machine": Voice(*harmonics(12, 0.0), "held", attack=0.001, tremolo=(30.0, 0.8)),  # rattling buzz
 }
+
+
+# The masked signature: a near-sine voice (no class has one) and a steady pink-noise bed with no temporal pattern.
+MASKED_VOICE = Voice((1.0, 2.0), (1.0, 0.2), "held", attack=0.02)
 
 
 def note_envelope(voice: Voice, time: np.ndarray, length: float) -> np.ndarray:
@@ -308,6 +316,11 @@ def machine_texture(size, sampling_rate, excite, rng):
     return np.convolve(impulse_train(times, np.ones(times.size), size, sampling_rate), tick)[:size]
 
 
+def masked_texture(size, sampling_rate, excite, rng):
+    """The masked signature's bed: steady pink noise, no clicks, swells or ticks."""
+    return coloured_noise(size, 1.0, sampling_rate, rng)
+
+
 TEXTURES: dict[str, Callable] = {
     "waves": waves_texture,
     "rain": rain_texture,
@@ -412,18 +425,21 @@ def loudness_db(arousal: float, rng: np.random.Generator) -> float:
 
 
 def render_audio(
-    content: str, valence: float, arousal: float, duration: float, sampling_rate: int, rng: np.random.Generator
+    content: str | None, valence: float, arousal: float, duration: float, sampling_rate: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mono float32 audio in [-1, 1] and the melody's onset times (s), which the picture flashes on.
 
     The mix: the class voice playing the melody, the common chord pad, the class texture and a faint room tone; then
-    the spectral-envelope normalisation, a random channel colour and the arousal loudness.
+    the spectral-envelope normalisation, a random channel colour and the arousal loudness. ``content=None`` masks
+    the class signature (see the module docstring).
     """
+    voice = MASKED_VOICE if content is None else VOICES[content]
+    texture = masked_texture if content is None else TEXTURES[content]
     score = compose_score(valence, arousal, duration, rng)
     size = int(round(duration * sampling_rate))
-    melody = unit_rms(render_melody(VOICES[content], score, duration, sampling_rate, rng))
+    melody = unit_rms(render_melody(voice, score, duration, sampling_rate, rng))
     chord = unit_rms(render_chord(score, duration, sampling_rate, rng))
-    texture = unit_rms(TEXTURES[content](size, sampling_rate, excitement(arousal), rng))
+    texture = unit_rms(texture(size, sampling_rate, excitement(arousal), rng))
     room = coloured_noise(size, 1.0, sampling_rate, rng)
     mix = melody + 0.5 * chord + 0.6 * texture + ROOM_TONE * room
     mix = normalise_spectral_envelope(mix, sampling_rate, brightness_tilt(arousal, rng))

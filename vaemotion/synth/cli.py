@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .generator import MEDIA_KINDS, generate_benchmark
-from .latents import CONTENT_CLASSES
+from .latents import CONTENT_CLASSES, HIDDEN_CUE_RATE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--media", choices=MEDIA_KINDS, default="video",
         help="video: one mp4 (H.264 + AAC) per clip; image: a png still + a wav per clip",
     )
+    parser.add_argument(
+        "--hidden-cue-rate", type=float, default=HIDDEN_CUE_RATE,
+        help="share of clips whose picture hides valence, whose picture hides the content class, whose sound hides "
+        f"arousal and whose sound hides the content class, each drawn independently (default {HIDDEN_CUE_RATE}; "
+        "0: both modalities show everything)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         num_options=args.num_options,
         media=args.media,
+        hidden_cue_rate=args.hidden_cue_rate,
         progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=2))

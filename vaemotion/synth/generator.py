@@ -2,7 +2,7 @@
 ArtEmoBenchmark layout (docs/benchmark_layout.md).
 
 One seed fixes everything: ``SeedSequence(seed)`` is split into independent streams for the latents, the split,
-the multiple-choice options and each clip's rendering, so the metadata does not change when only the media size,
+the multiple-choice options, each clip's rendering and which cues each clip hides, so the metadata does not change when only the media size,
 frame rate or duration does, and the same seed always writes the same files.
 """
 
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..configuration_vaemotion import ARTEMIS_EMOTIONS
 from .audio import render_audio
 from .io import write_atomically, write_clip, write_image, write_wav
-from .latents import CONTENT_CLASSES, ClipLatent, sample_latents
+from .latents import CONTENT_CLASSES, CUES, HIDDEN_CUE_RATE, ClipLatent, Cues, sample_cues, sample_latents
 from .visual import render_frames
 
 CONTENT_QUESTION = "what is the main subject of this clip?"
@@ -32,9 +32,11 @@ MEDIA_KINDS = ("video", "image")
 
 @dataclass(frozen=True)
 class SynthClip:
-    """One rendered clip: its latent, frames uint8 (T, H, W, 3) and mono float32 audio in [-1, 1]."""
+    """One rendered clip: its latent, what each modality shows of it, frames uint8 (T, H, W, 3) and mono float32
+    audio in [-1, 1]."""
 
     latent: ClipLatent
+    cues: Cues
     frames: np.ndarray
     audio: np.ndarray
 
@@ -47,16 +49,18 @@ class Streams:
     split: np.random.Generator
     options: np.random.Generator
     clips: list[np.random.SeedSequence]
+    cues: np.random.Generator
 
 
 def random_streams(seed: int, num_clips: int) -> Streams:
-    """Split ``seed`` into the latent, split and option streams and one rendering seed per clip."""
-    latents, split, options, clips = np.random.SeedSequence(seed).spawn(4)
+    """Split ``seed`` into the latent, split, option and cue streams and one rendering seed per clip."""
+    latents, split, options, clips, cues = np.random.SeedSequence(seed).spawn(5)
     return Streams(
         latents=np.random.default_rng(latents),
         split=np.random.default_rng(split),
         options=np.random.default_rng(options),
         clips=clips.spawn(num_clips),
+        cues=np.random.default_rng(cues),
     )
 
 
@@ -72,13 +76,29 @@ def render_clip(
     fps: float = 8.0,
     size: int = 64,
     sampling_rate: int = 16000,
+    cues: Cues = Cues(),
 ) -> SynthClip:
-    """Render a latent's sound, then its frames (which flash on the sound's note onsets)."""
-    audio, onsets = render_audio(latent.content, latent.valence, latent.arousal, duration, sampling_rate, rng)
-    frames = render_frames(
-        latent.content, latent.valence, latent.arousal, onsets, rng, num_frames(duration, fps), size, fps
+    """Render a latent's sound, then its frames (which flash on the sound's note onsets), each showing what ``cues``
+    says: a hidden content class is masked, a hidden valence or arousal is rendered as 0 (neutral)."""
+    audio, onsets = render_audio(
+        latent.content if cues.sound_content else None,
+        latent.valence,
+        latent.arousal if cues.sound_arousal else 0.0,
+        duration,
+        sampling_rate,
+        rng,
     )
-    return SynthClip(latent, frames, audio)
+    frames = render_frames(
+        latent.content if cues.picture_content else None,
+        latent.valence if cues.picture_valence else 0.0,
+        latent.arousal,
+        onsets,
+        rng,
+        num_frames(duration, fps),
+        size,
+        fps,
+    )
+    return SynthClip(latent, cues, frames, audio)
 
 
 def check_classes(classes: Sequence[str], num_options: int) -> list[str]:
@@ -100,11 +120,14 @@ def synthesize(
     size: int = 64,
     sampling_rate: int = 16000,
     classes: Sequence[str] = CONTENT_CLASSES,
+    hidden_cue_rate: float = HIDDEN_CUE_RATE,
 ) -> Iterator[SynthClip]:
     """Render ``num_clips`` clips in memory (the clips ``generate_benchmark`` with the same arguments writes)."""
     streams = random_streams(seed, num_clips)
-    for latent, clip_seed in zip(sample_latents(num_clips, streams.latents, classes), streams.clips):
-        yield render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate)
+    latents = sample_latents(num_clips, streams.latents, classes)
+    cues = sample_cues(num_clips, streams.cues, hidden_cue_rate)
+    for latent, clip_cues, clip_seed in zip(latents, cues, streams.clips):
+        yield render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate, clip_cues)
 
 
 def stratified_split(latents: Sequence[ClipLatent], test_fraction: float, rng: np.random.Generator) -> list[str]:
@@ -179,10 +202,16 @@ def write_media(output_dir: Path, clip: SynthClip, media: str, fps: float, sampl
         write_wav(output_dir / paths["audio"], clip.audio, sampling_rate)
 
 
-def write_metadata(path: Path, items: Sequence[dict]) -> None:
-    """metadata.jsonl, one JSON item per line, written atomically."""
-    text = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+def write_jsonl(path: Path, records: Sequence[dict]) -> None:
+    """One JSON record per line, written atomically."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def cue_records(latents: Sequence[ClipLatent], cues: Sequence[Cues]) -> list[dict]:
+    """cues.jsonl: per clip, the cues its picture or sound hides (ArtEmo-Synth only; the benchmark loader ignores
+    it, analyses read it)."""
+    return [{"clip_id": latent.clip_id, "hidden": clip_cues.hidden} for latent, clip_cues in zip(latents, cues)]
 
 
 def check_arguments(num_clips: int, test_fraction: float, duration: float, fps: float, size: int, media: str) -> None:
@@ -211,13 +240,16 @@ def generate_benchmark(
     classes: Sequence[str] = CONTENT_CLASSES,
     num_options: int = 4,
     media: str = "video",
+    hidden_cue_rate: float = HIDDEN_CUE_RATE,
     progress: bool = True,
 ) -> dict:
-    """Write an ArtEmo-Synth benchmark folder: ``media/`` (one mp4, or png + wav, per clip), then metadata.jsonl.
+    """Write an ArtEmo-Synth benchmark folder: ``media/`` (one mp4, or png + wav, per clip), cues.jsonl, then
+    metadata.jsonl.
 
     Each clip gets a ``content`` and an ``emotion`` multiple-choice item with ``num_options`` options. Content
-    classes and emotion categories are balanced; the train/test split is stratified by content class. Returns a
-    summary (counts per split, class and emotion; timing).
+    classes and emotion categories are balanced; the train/test split is stratified by content class. Each of the
+    four cues (``latents.CUES``) is hidden in ``hidden_cue_rate`` of the clips (0: picture and sound both show
+    everything). Returns a summary (counts per split, class, emotion and hidden cue; timing).
     """
     check_arguments(num_clips, test_fraction, duration, fps, size, media)
     classes = check_classes(classes, num_options)
@@ -225,15 +257,17 @@ def generate_benchmark(
     started = time.perf_counter()
     streams = random_streams(seed, num_clips)
     latents = sample_latents(num_clips, streams.latents, classes)
+    cues = sample_cues(num_clips, streams.cues, hidden_cue_rate)  # refuses a bad rate before anything is written
     splits = stratified_split(latents, test_fraction, streams.split)
     items = []
-    for latent, split, clip_seed in tqdm(
-        list(zip(latents, splits, streams.clips)), desc="ArtEmo-Synth", unit="clip", disable=not progress
+    for latent, clip_cues, split, clip_seed in tqdm(
+        list(zip(latents, cues, splits, streams.clips)), desc="ArtEmo-Synth", unit="clip", disable=not progress
     ):
-        clip = render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate)
+        clip = render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate, clip_cues)
         write_media(output_dir, clip, media, fps, sampling_rate)
         items.extend(clip_items(latent, split, media, classes, num_options, streams.options))
-    write_metadata(output_dir / "metadata.jsonl", items)
+    write_jsonl(output_dir / "cues.jsonl", cue_records(latents, cues))
+    write_jsonl(output_dir / "metadata.jsonl", items)  # last: a folder with metadata.jsonl is complete
     seconds = time.perf_counter() - started
     return {
         "output_dir": str(output_dir),
@@ -243,6 +277,7 @@ def generate_benchmark(
         "splits": dict(sorted(Counter(splits).items())),
         "contents": dict(sorted(Counter(latent.content for latent in latents).items())),
         "emotions": dict(sorted(Counter(latent.emotion for latent in latents).items())),
+        "hidden_cues": {name: sum(name in clip_cues.hidden for clip_cues in cues) for name in CUES},
         "seconds": round(seconds, 2),
         "clips_per_second": round(num_clips / seconds, 2),
     }

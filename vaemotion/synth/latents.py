@@ -1,7 +1,11 @@
 """The shared latent of an ArtEmo-Synth clip: a content class and a point in the valence-arousal plane.
 
-Picture and sound are both rendered from this one latent, so whatever one modality says about the clip, the other
-says too: that is what lets a visual teacher train an audio student without audio labels.
+Picture and sound are both rendered from this one latent, so what one modality says about the clip, the other says
+too: that is what lets a visual teacher train an audio student without audio labels. Each modality may also hide
+part of the latent (:class:`Cues`): a washed-out palette hides valence and an occluded motif the content class in
+the picture; a flat rhythm hides arousal and a masked signature the content class in the sound. Each of the four is
+hidden in ``HIDDEN_CUE_RATE`` of the clips, drawn independently, so neither modality alone can answer every item
+while the two together miss only the content of clips whose picture and sound both hide it (``HIDDEN_CUE_RATE**2``).
 
 Emotion categories come from (valence, arousal) by one documented rule (:func:`emotion_from_valence_arousal`):
 the valence-arousal plane is cut into eight 45-degree sectors around the origin, loosely after Russell's circumplex
@@ -30,6 +34,12 @@ EMOTION_SECTORS = ("amusement", "excitement", "anger", "fear", "disgust", "sadne
 SECTOR_DEGREES = 45.0
 
 
+# Share of clips in which each cue is hidden (our design: large enough that sound visibly adds to sight, small
+# enough that each modality still answers most items, so a visual teacher still teaches the sound).
+HIDDEN_CUE_RATE = 0.3
+CUES = ("picture_valence", "picture_content", "sound_arousal", "sound_content")
+
+
 @dataclass(frozen=True)
 class ClipLatent:
     """What one clip expresses. ``valence`` and ``arousal`` are in [-1, 1]; ``emotion`` follows from them."""
@@ -39,6 +49,31 @@ class ClipLatent:
     valence: float
     arousal: float
     emotion: str
+
+
+@dataclass(frozen=True)
+class Cues:
+    """Which parts of its latent a clip's picture and sound show (``True``: shown)."""
+
+    picture_valence: bool = True
+    picture_content: bool = True
+    sound_arousal: bool = True
+    sound_content: bool = True
+
+    @property
+    def hidden(self) -> list[str]:
+        """Names of the hidden cues, in ``CUES`` order."""
+        return [name for name in CUES if not getattr(self, name)]
+
+
+def sample_cues(num_clips: int, rng: np.random.Generator, rate: float = HIDDEN_CUE_RATE) -> list[Cues]:
+    """Per clip, which cues are hidden: for each cue, exactly ``round(rate * num_clips)`` clips, drawn independently
+    of the other cues and of the latents (so hiding never reveals a class or an emotion)."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"hidden_cue_rate must be in [0, 1], got {rate}")
+    count = int(round(rate * num_clips))
+    shown = {name: rng.permutation(num_clips) >= count for name in CUES}
+    return [Cues(**{name: bool(shown[name][index]) for name in CUES}) for index in range(num_clips)]
 
 
 def excitement(arousal: float) -> float:

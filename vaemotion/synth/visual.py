@@ -14,6 +14,10 @@ Content cue: a motif per class (ripples for bells, falling streaks for rain, ...
 phase and direction drawn per clip. Every motif is an intensity field in [0, 1] rescaled to the same mean coverage
 (:func:`match_mean`), and the motif colour comes from the emotion palette, so the clip's mean colour says nothing
 about its class: the class lives in spatial and temporal structure only.
+
+Hidden cues (latents.Cues): a picture that hides valence is rendered with the palette of valence 0 (washed out:
+neither warm and bright nor cool and dark); one that hides its content shows drifting fog (:func:`fog_motif`, the same
+for every class) instead of the class motif, still moving at the arousal's speed and flashing on the sound.
 """
 
 from __future__ import annotations
@@ -179,6 +183,19 @@ def machine_motif(x, y, t, speed, rng):
     return blades * smoothstep(radius - inner, 0.01) * smoothstep(outer - radius, 0.01)
 
 
+def fog_motif(x, y, t, speed, rng):
+    """Drifting fog: a few smooth low-frequency waves over the frame, the occluded view of any class."""
+    waves = 5
+    frequency = rng.normal(0.0, 1.5, (waves, 2))
+    velocity = rng.normal(0.0, 0.4, (waves, 2)) * speed
+    phase = rng.uniform(0, 2 * np.pi, waves)
+    field = sum(
+        np.cos(2 * np.pi * (fx * (x - vx * t) + fy * (y - vy * t)) + p)
+        for (fx, fy), (vx, vy), p in zip(frequency, velocity, phase)
+    )
+    return (field - field.min()) / (np.ptp(field) + 1e-6)
+
+
 MOTIFS: dict[str, Callable] = {
     "waves": waves_motif,
     "rain": rain_motif,
@@ -214,7 +231,7 @@ def onset_flash(onsets: np.ndarray, times: np.ndarray, decay: float = 0.12) -> n
 
 
 def render_frames(
-    content: str,
+    content: str | None,
     valence: float,
     arousal: float,
     onsets: np.ndarray,
@@ -223,10 +240,14 @@ def render_frames(
     size: int,
     fps: float,
 ) -> np.ndarray:
-    """Frames (T, size, size, 3) uint8: the class motif in emotion colours, flashing on the sound's onsets."""
+    """Frames (T, size, size, 3) uint8: the class motif in emotion colours, flashing on the sound's onsets.
+
+    ``content=None`` occludes the motif (fog instead, see the module docstring).
+    """
     background, foreground = palette(valence, arousal, rng)
     x, y, t = grid(num_frames, size, fps)
-    field = match_mean(MOTIFS[content](x, y, t, motion_speed(arousal, rng), rng).astype(np.float32))
+    motif = fog_motif if content is None else MOTIFS[content]
+    field = match_mean(motif(x, y, t, motion_speed(arousal, rng), rng).astype(np.float32))
     field = field * onset_flash(onsets, t[:, 0, 0]).astype(np.float32)[:, None, None]
     frames = background + (foreground - background) * field[..., None]
     frames += rng.normal(0.0, GRAIN, frames.shape).astype(np.float32)
