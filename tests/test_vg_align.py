@@ -404,3 +404,39 @@ def test_accelerate_two_processes(tmp_path, model_dir, clips):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("stage1 finished") == 2  # one line per process
     assert "on 2 processes" in result.stdout and (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------ frozen encoder memo
+def test_a_frozen_encoder_is_run_once_per_window_and_gives_the_same_states(model_dir):
+    model, _ = load_tiny(model_dir)
+    calls = []
+    model.audio_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    features = torch.randn(3, model.config.audio_config.num_mel_bins, 200)
+    reference = model.get_audio_features(features)
+    model.memoize_frozen_audio_states()
+    model.set_trainable("vg_align", train_audio_encoder=False)
+    calls.clear()
+    first = model.get_audio_features(features)
+    again = model.get_audio_features(torch.cat([features[2:], features[:1]]))  # windows seen before, reordered
+    assert calls == [3]  # encoded once, then served from the memo
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(again, torch.cat([reference.view(3, -1, reference.shape[-1])[i] for i in (2, 0)]))
+    assert model.get_audio_features(features + 1e-3).shape == first.shape and calls == [3, 3]  # new input: a miss
+    first.sum().backward()  # the projector still trains on memoized states
+    assert model.audio_projector.linear_1.weight.grad is not None
+
+    model.set_trainable("vg_align", train_audio_encoder=True)  # a training encoder is never memoized
+    calls.clear()
+    model.get_audio_features(features)
+    model.get_audio_features(features)
+    assert calls == [3, 3]
+
+
+def test_training_with_memoized_encoder_states_equals_training_without(tmp_path, model_dir, clips):
+    runs = {}
+    for memo in (False, True):
+        config = make_config(tmp_path, model_dir, clips, output_dir=str(tmp_path / f"memo_{memo}"), max_steps=4,
+                             cache_audio_encoder_states=memo)
+        runs[memo] = load_file(Path(train_from_config(config)) / "model.safetensors")
+    for name, tensor in runs[False].items():
+        torch.testing.assert_close(runs[True][name], tensor, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ scattered into its placeholder tokens here, so the enhancer sees audio and visua
 receives ``inputs_embeds`` (plus the ids and grids its position code needs).
 """
 
+import hashlib
 import inspect
 from dataclasses import dataclass
 from functools import cached_property
@@ -139,6 +140,41 @@ class VAEmotionAudioDelimiters(nn.Module):
         for row, token_id in enumerate((bos_id, eos_id)):  # no host sync: a select on every position
             inputs_embeds = torch.where((input_ids == token_id)[..., None], weight[row], inputs_embeds)
         return inputs_embeds
+
+
+class FrozenAudioStateMemo:
+    """Encoder states of a frozen, deterministic audio tower, kept per distinct audio window.
+
+    Such a tower gives the same states for the same window at every epoch, so Stage 1 with a pretrained encoder can
+    encode each clip once instead of at every step (the memo is keyed by the window's exact feature bytes, shape and
+    dtype, so any change of input is a miss, never a stale hit). It lives in host memory for the run; it is not
+    saved with the model.
+    """
+
+    def __init__(self):
+        self._states: dict[bytes, torch.Tensor] = {}
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @staticmethod
+    def _key(window: torch.Tensor) -> bytes:
+        window = window.detach().contiguous()
+        digest = hashlib.blake2b(window.cpu().numpy().tobytes(), digest_size=16)
+        digest.update(repr((tuple(window.shape), str(window.dtype))).encode())
+        return digest.digest()
+
+    def __call__(self, input_features: torch.Tensor, encode) -> torch.Tensor:
+        keys = [self._key(window) for window in input_features]
+        first = {key: index for index, key in reversed(list(enumerate(keys)))}  # a repeated window is encoded once
+        missing = sorted(index for key, index in first.items() if key not in self._states)
+        if missing:
+            encoded = encode(input_features[missing]).detach()
+            for index, states in zip(missing, encoded):
+                self._states[keys[index]] = states.clone()
+            self.misses += len(missing)
+        return torch.stack([self._states[key] for key in keys]).to(input_features.device)
 
 
 class ZeroInitLinear(nn.Linear):
@@ -343,6 +379,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.audio_delimiters = VAEmotionAudioDelimiters(config)
         self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
+        self.audio_state_memo: FrozenAudioStateMemo | None = None
         use_fast_vision_tower(self.vlm)
         self.post_init()
 
@@ -564,7 +601,26 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         positions = torch.arange(projected.shape[1], device=projected.device)
         return projected[positions[None, :] < keep[:, None]]
 
+    def memoize_frozen_audio_states(self, enabled: bool = True) -> None:
+        """Keep the audio tower's states per distinct window while the tower is frozen and deterministic (no
+        trainable parameter, and in eval mode or without dropout), and reuse them instead of re-encoding; see
+        [`FrozenAudioStateMemo`]. Training with a pretrained, frozen encoder then encodes each clip once. While the
+        tower trains, or dropout is active in it, the memo is bypassed."""
+        self.audio_state_memo = FrozenAudioStateMemo() if enabled else None
+
+    def _audio_states_are_fixed(self) -> bool:
+        tower = self.audio_tower
+        if any(parameter.requires_grad for parameter in tower.parameters()):
+            return False
+        rates = ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop")
+        return not tower.training or not any(getattr(tower.config, name, 0.0) for name in rates)
+
     def _encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
+        if self.audio_state_memo is not None and self._audio_states_are_fixed():
+            return self.audio_state_memo(input_features, self._run_audio_tower)
+        return self._run_audio_tower(input_features)
+
+    def _run_audio_tower(self, input_features: torch.Tensor) -> torch.Tensor:
         tower = self.audio_tower
         if isinstance(tower, WhisperEncoder) and input_features.shape[-1] < _whisper_window_frames(tower):
             return whisper_encode_prefix(tower, input_features)
