@@ -7,7 +7,15 @@ ArtEmis emotion categories follows. Each modality hides part of the latent in a 
 ArtEmoBenchmark layout (docs/benchmark_layout.md); :func:`synthesize` renders clips in memory.
 """
 
-from .generator import CONTENT_QUESTION, EMOTION_QUESTION, SynthClip, generate_benchmark, render_clip, synthesize
+from .generator import (
+    CONTENT_QUESTION,
+    EMOTION_QUESTION,
+    SynthClip,
+    generate_benchmark,
+    read_hidden_cues,
+    render_clip,
+    synthesize,
+)
 from .io import write_clip, write_image, write_wav
 from .latents import (
     CONTENT_CLASSES,
@@ -33,6 +41,7 @@ __all__ = [
     "SynthClip",
     "emotion_from_valence_arousal",
     "generate_benchmark",
+    "read_hidden_cues",
     "render_clip",
     "sample_cues",
     "sample_latents",

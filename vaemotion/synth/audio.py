@@ -19,9 +19,9 @@ long-term spectral detail remains. So the class is neither a set of spectral pea
 in the temporal and fine structure, as natural sound textures are recognised from their modulation statistics
 (McDermott & Simoncelli 2011).
 
-Hidden cues (latents.Cues): a sound that hides arousal is played at arousal 0 (a flat rhythm: middle tempo,
-density, articulation, loudness and brightness); one that hides its content plays the melody on a plain voice over a
-plain noise bed (:data:`MASKED_VOICE`, :func:`masked_texture`), the same for every class.
+Hidden cue (latents.Cues): a sound that hides its valence is mode-neutral: its melody keeps to a scale without a
+third or a sixth (:data:`NEUTRAL_SCALE`) over an open fifth, with no dissonance, so it is neither major nor minor,
+consonant for every valence. Arousal and content always show.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .latents import excitement
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor (Aeolian)
+NEUTRAL_SCALE = (0, 2, 5, 7, 10)  # no third, no sixth: neither major nor minor (a hidden valence)
 ENVELOPE_BANDS = 16  # spectral-envelope bands: wide (about 190 mel apart) so harmonics and mode stay intact
 ENVELOPE_FFT = 512  # frame length of the spectral-envelope normalisation at 16 kHz (32 ms; scaled with the rate)
 CHANNEL_DB = 4.0  # spread of the random recording-channel colour (dB)
@@ -92,16 +93,22 @@ MELODY_DEGREES = np.arange(10)
 MELODY_WEIGHTS = np.where(np.isin(MELODY_DEGREES, (0, 2, 4, 7, 9)), 3.0, 1.0) / 20.0
 
 
-def compose_score(valence: float, arousal: float, duration: float, rng: np.random.Generator) -> Score:
-    """A melody (mostly tonic-triad notes of the scale) over a chord; mode, consonance and tempo carry the emotion."""
-    scale = MAJOR_SCALE if valence >= 0 else MINOR_SCALE
+def compose_score(valence: float | None, arousal: float, duration: float, rng: np.random.Generator) -> Score:
+    """A melody (mostly tonic-triad notes of the scale) over a chord; mode, consonance and tempo carry the emotion.
+
+    ``valence=None`` hides the valence: the neutral scale over an open fifth and octave, without dissonance.
+    """
     tonic = rng.uniform(50.0, 66.0)  # continuous MIDI pitch: D3 to F#4, no fixed key or tuning
     rate = note_rate(arousal, rng)
     onsets = melody_onsets(rate, duration, rng)
     degrees = rng.choice(MELODY_DEGREES, size=onsets.size, p=MELODY_WEIGHTS)
     articulation = 0.9 - 0.5 * excitement(arousal)  # legato when calm, staccato when aroused
-    roughness = max(0.0, -valence)
-    chord = tonic - 12 + np.array([0, scale[2], scale[4], 1, 6])  # triad, then minor second and tritone
+    if valence is None:
+        scale, roughness, chord_tones = NEUTRAL_SCALE, 0.0, [0, 7, 12]
+    else:
+        scale = MAJOR_SCALE if valence >= 0 else MINOR_SCALE
+        roughness, chord_tones = max(0.0, -valence), [0, scale[2], scale[4]]
+    chord = tonic - 12 + np.array([*chord_tones, 1, 6])  # triad (or open fifth), then minor second and tritone
     weights = np.array([1.0, 0.8, 0.8, roughness, roughness])
     return Score(
         onsets=onsets,
@@ -149,10 +156,6 @@ VOICES: dict[str, Voice] = {
     "forest": Voice((1.0, 2.0, 3.0), (1.0, 0.15, 0.05), "held", attack=0.08, vibrato=(5.0, 0.25)),  # flute
     "machine": Voice(*harmonics(12, 0.0), "held", attack=0.001, tremolo=(30.0, 0.8)),  # rattling buzz
 }
-
-
-# The masked signature: a near-sine voice (no class has one) and a steady pink-noise bed with no temporal pattern.
-MASKED_VOICE = Voice((1.0, 2.0), (1.0, 0.2), "held", attack=0.02)
 
 
 def note_envelope(voice: Voice, time: np.ndarray, length: float) -> np.ndarray:
@@ -316,11 +319,6 @@ def machine_texture(size, sampling_rate, excite, rng):
     return np.convolve(impulse_train(times, np.ones(times.size), size, sampling_rate), tick)[:size]
 
 
-def masked_texture(size, sampling_rate, excite, rng):
-    """The masked signature's bed: steady pink noise, no clicks, swells or ticks."""
-    return coloured_noise(size, 1.0, sampling_rate, rng)
-
-
 TEXTURES: dict[str, Callable] = {
     "waves": waves_texture,
     "rain": rain_texture,
@@ -425,21 +423,19 @@ def loudness_db(arousal: float, rng: np.random.Generator) -> float:
 
 
 def render_audio(
-    content: str | None, valence: float, arousal: float, duration: float, sampling_rate: int, rng: np.random.Generator
+    content: str, valence: float | None, arousal: float, duration: float, sampling_rate: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mono float32 audio in [-1, 1] and the melody's onset times (s), which the picture flashes on.
 
     The mix: the class voice playing the melody, the common chord pad, the class texture and a faint room tone; then
-    the spectral-envelope normalisation, a random channel colour and the arousal loudness. ``content=None`` masks
-    the class signature (see the module docstring).
+    the spectral-envelope normalisation, a random channel colour and the arousal loudness. ``valence=None`` hides
+    the valence (see the module docstring).
     """
-    voice = MASKED_VOICE if content is None else VOICES[content]
-    texture = masked_texture if content is None else TEXTURES[content]
     score = compose_score(valence, arousal, duration, rng)
     size = int(round(duration * sampling_rate))
-    melody = unit_rms(render_melody(voice, score, duration, sampling_rate, rng))
+    melody = unit_rms(render_melody(VOICES[content], score, duration, sampling_rate, rng))
     chord = unit_rms(render_chord(score, duration, sampling_rate, rng))
-    texture = unit_rms(texture(size, sampling_rate, excitement(arousal), rng))
+    texture = unit_rms(TEXTURES[content](size, sampling_rate, excitement(arousal), rng))
     room = coloured_noise(size, 1.0, sampling_rate, rng)
     mix = melody + 0.5 * chord + 0.6 * texture + ROOM_TONE * room
     mix = normalise_spectral_envelope(mix, sampling_rate, brightness_tilt(arousal, rng))

@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hidden-cue-rate", type=float, default=HIDDEN_CUE_RATE,
-        help="share of clips whose picture hides valence, whose picture hides the content class, whose sound hides "
-        f"arousal and whose sound hides the content class, each drawn independently (default {HIDDEN_CUE_RATE}; "
-        "0: both modalities show everything)",
+        help="share of clips whose picture hides the content class (fog), whose picture hides arousal (still), and "
+        f"whose sound hides valence (mode-neutral), each drawn independently (default {HIDDEN_CUE_RATE}; 0: both "
+        "modalities show everything)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (same files; default 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         num_options=args.num_options,
         media=args.media,
         hidden_cue_rate=args.hidden_cue_rate,
+        num_workers=args.workers,
         progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=2))

@@ -8,7 +8,10 @@ frame rate or duration does, and the same seed always writes the same files.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter
@@ -78,20 +81,15 @@ def render_clip(
     sampling_rate: int = 16000,
     cues: Cues = Cues(),
 ) -> SynthClip:
-    """Render a latent's sound, then its frames (which flash on the sound's note onsets), each showing what ``cues``
-    says: a hidden content class is masked, a hidden valence or arousal is rendered as 0 (neutral)."""
+    """Render a latent's sound, then its frames (which flash on the sound's note onsets), each hiding what ``cues``
+    says (``None`` for a hidden part: see ``render_audio`` and ``render_frames``)."""
     audio, onsets = render_audio(
-        latent.content if cues.sound_content else None,
-        latent.valence,
-        latent.arousal if cues.sound_arousal else 0.0,
-        duration,
-        sampling_rate,
-        rng,
+        latent.content, latent.valence if cues.sound_valence else None, latent.arousal, duration, sampling_rate, rng
     )
     frames = render_frames(
         latent.content if cues.picture_content else None,
-        latent.valence if cues.picture_valence else 0.0,
-        latent.arousal,
+        latent.valence,
+        latent.arousal if cues.picture_arousal else None,
         onsets,
         rng,
         num_frames(duration, fps),
@@ -202,6 +200,24 @@ def write_media(output_dir: Path, clip: SynthClip, media: str, fps: float, sampl
         write_wav(output_dir / paths["audio"], clip.audio, sampling_rate)
 
 
+def render_and_write(job) -> None:
+    """Render one clip from its own seed and write its media (a worker's unit of work)."""
+    output_dir, latent, cues, clip_seed, duration, fps, size, sampling_rate, media = job
+    clip = render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate, cues)
+    write_media(output_dir, clip, media, fps, sampling_rate)
+
+
+@contextlib.contextmanager
+def _clip_writer(num_workers: int):
+    """``write(jobs)``, an iterator that renders and writes the clips: in this process, or in ``num_workers`` forked
+    processes (numpy and PyAV only; each clip has its own seed, so the files are the same either way)."""
+    if num_workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield lambda jobs: map(render_and_write, jobs)
+        return
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield lambda jobs: pool.map(render_and_write, jobs, chunksize=8)
+
+
 def write_jsonl(path: Path, records: Sequence[dict]) -> None:
     """One JSON record per line, written atomically."""
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
@@ -212,6 +228,16 @@ def cue_records(latents: Sequence[ClipLatent], cues: Sequence[Cues]) -> list[dic
     """cues.jsonl: per clip, the cues its picture or sound hides (ArtEmo-Synth only; the benchmark loader ignores
     it, analyses read it)."""
     return [{"clip_id": latent.clip_id, "hidden": clip_cues.hidden} for latent, clip_cues in zip(latents, cues)]
+
+
+def read_hidden_cues(data_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``cues.jsonl`` of an ArtEmo-Synth folder: per clip id, the cues it hides (empty when the file is absent)."""
+    path = Path(data_dir) / "cues.jsonl"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return {record["clip_id"]: record["hidden"] for record in records}
 
 
 def check_arguments(num_clips: int, test_fraction: float, duration: float, fps: float, size: int, media: str) -> None:
@@ -241,6 +267,7 @@ def generate_benchmark(
     num_options: int = 4,
     media: str = "video",
     hidden_cue_rate: float = HIDDEN_CUE_RATE,
+    num_workers: int = 1,
     progress: bool = True,
 ) -> dict:
     """Write an ArtEmo-Synth benchmark folder: ``media/`` (one mp4, or png + wav, per clip), cues.jsonl, then
@@ -248,8 +275,9 @@ def generate_benchmark(
 
     Each clip gets a ``content`` and an ``emotion`` multiple-choice item with ``num_options`` options. Content
     classes and emotion categories are balanced; the train/test split is stratified by content class. Each of the
-    four cues (``latents.CUES``) is hidden in ``hidden_cue_rate`` of the clips (0: picture and sound both show
-    everything). Returns a summary (counts per split, class, emotion and hidden cue; timing).
+    three cues (``latents.CUES``) is hidden in ``hidden_cue_rate`` of the clips (0: picture and sound both show
+    everything). ``num_workers`` > 1 renders clips in that many processes (the same files). Returns a summary
+    (counts per split, class, emotion and hidden cue; timing).
     """
     check_arguments(num_clips, test_fraction, duration, fps, size, media)
     classes = check_classes(classes, num_options)
@@ -259,12 +287,15 @@ def generate_benchmark(
     latents = sample_latents(num_clips, streams.latents, classes)
     cues = sample_cues(num_clips, streams.cues, hidden_cue_rate)  # refuses a bad rate before anything is written
     splits = stratified_split(latents, test_fraction, streams.split)
+    jobs = [
+        (output_dir, latent, clip_cues, clip_seed, duration, fps, size, sampling_rate, media)
+        for latent, clip_cues, clip_seed in zip(latents, cues, streams.clips)
+    ]
+    with _clip_writer(num_workers) as write:
+        for _ in tqdm(write(jobs), total=len(jobs), desc="ArtEmo-Synth", unit="clip", disable=not progress):
+            pass
     items = []
-    for latent, clip_cues, split, clip_seed in tqdm(
-        list(zip(latents, cues, splits, streams.clips)), desc="ArtEmo-Synth", unit="clip", disable=not progress
-    ):
-        clip = render_clip(latent, np.random.default_rng(clip_seed), duration, fps, size, sampling_rate, clip_cues)
-        write_media(output_dir, clip, media, fps, sampling_rate)
+    for latent, split in zip(latents, splits):  # options drawn in clip order, whatever the workers did
         items.extend(clip_items(latent, split, media, classes, num_options, streams.options))
     write_jsonl(output_dir / "cues.jsonl", cue_records(latents, cues))
     write_jsonl(output_dir / "metadata.jsonl", items)  # last: a folder with metadata.jsonl is complete

@@ -2,10 +2,10 @@
 
 Picture and sound are both rendered from this one latent, so what one modality says about the clip, the other says
 too: that is what lets a visual teacher train an audio student without audio labels. Each modality may also hide
-part of the latent (:class:`Cues`): a washed-out palette hides valence and an occluded motif the content class in
-the picture; a flat rhythm hides arousal and a masked signature the content class in the sound. Each of the four is
-hidden in ``HIDDEN_CUE_RATE`` of the clips, drawn independently, so neither modality alone can answer every item
-while the two together miss only the content of clips whose picture and sound both hide it (``HIDDEN_CUE_RATE**2``).
+part of the latent (:class:`Cues`), always a part the other modality shows: the picture hides the content class
+behind fog or its arousal in a still, muted frame; the sound hides its valence in a mode-neutral melody. Each of the
+three is hidden in ``HIDDEN_CUE_RATE`` of the clips, drawn independently, so neither modality alone can answer every
+item while the two together can.
 
 Emotion categories come from (valence, arousal) by one documented rule (:func:`emotion_from_valence_arousal`):
 the valence-arousal plane is cut into eight 45-degree sectors around the origin, loosely after Russell's circumplex
@@ -37,7 +37,8 @@ SECTOR_DEGREES = 45.0
 # Share of clips in which each cue is hidden (our design: large enough that sound visibly adds to sight, small
 # enough that each modality still answers most items, so a visual teacher still teaches the sound).
 HIDDEN_CUE_RATE = 0.3
-CUES = ("picture_valence", "picture_content", "sound_arousal", "sound_content")
+# Each hides what the other modality shows: the sound always carries content and arousal, the picture valence.
+CUES = ("picture_content", "picture_arousal", "sound_valence")
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,9 @@ class ClipLatent:
 class Cues:
     """Which parts of its latent a clip's picture and sound show (``True``: shown)."""
 
-    picture_valence: bool = True
     picture_content: bool = True
-    sound_arousal: bool = True
-    sound_content: bool = True
+    picture_arousal: bool = True
+    sound_valence: bool = True
 
     @property
     def hidden(self) -> list[str]:

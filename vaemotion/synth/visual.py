@@ -15,9 +15,9 @@ phase and direction drawn per clip. Every motif is an intensity field in [0, 1] 
 (:func:`match_mean`), and the motif colour comes from the emotion palette, so the clip's mean colour says nothing
 about its class: the class lives in spatial and temporal structure only.
 
-Hidden cues (latents.Cues): a picture that hides valence is rendered with the palette of valence 0 (washed out:
-neither warm and bright nor cool and dark); one that hides its content shows drifting fog (:func:`fog_motif`, the same
-for every class) instead of the class motif, still moving at the arousal's speed and flashing on the sound.
+Hidden cues (latents.Cues): a picture that hides its content shows drifting fog (:func:`fog_motif`, the same for
+every class) instead of the class motif; one that hides its arousal is still and muted: the saturation, contrast and
+motion of arousal 0, and no flashes on the sound's onsets. Valence (brightness, warmth) always shows.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def onset_flash(onsets: np.ndarray, times: np.ndarray, decay: float = 0.12) -> n
 def render_frames(
     content: str | None,
     valence: float,
-    arousal: float,
+    arousal: float | None,
     onsets: np.ndarray,
     rng: np.random.Generator,
     num_frames: int,
@@ -242,13 +242,17 @@ def render_frames(
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8: the class motif in emotion colours, flashing on the sound's onsets.
 
-    ``content=None`` occludes the motif (fog instead, see the module docstring).
+    ``content=None`` occludes the motif (fog instead); ``arousal=None`` renders a still, muted picture (see the
+    module docstring).
     """
+    still = arousal is None
+    arousal = 0.0 if still else arousal
     background, foreground = palette(valence, arousal, rng)
     x, y, t = grid(num_frames, size, fps)
     motif = fog_motif if content is None else MOTIFS[content]
     field = match_mean(motif(x, y, t, motion_speed(arousal, rng), rng).astype(np.float32))
-    field = field * onset_flash(onsets, t[:, 0, 0]).astype(np.float32)[:, None, None]
+    if not still:
+        field = field * onset_flash(onsets, t[:, 0, 0]).astype(np.float32)[:, None, None]
     frames = background + (foreground - background) * field[..., None]
     frames += rng.normal(0.0, GRAIN, frames.shape).astype(np.float32)
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
