@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline
 
 import vaemotion  # noqa: F401  (registers the Auto classes and the pipeline task)
+from vaemotion.benchmark.functional import concordance_correlation_coefficient
 from vaemotion.cli import main
 from vaemotion.demo import MODALITIES, STAGES
 
@@ -24,36 +26,103 @@ def results(demo_dir):
     return json.loads((demo_dir / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """The quick demo with the real Whisper tiny.en as the frozen audio tower (skips until the parts are fetched)."""
+    from real_parts import real_part_path
+
+    whisper = real_part_path("whisper-tiny.en")
+    output = tmp_path_factory.mktemp("demo_pretrained")
+    assert main(["demo", "--quick", "--no-progress", "--output", str(output), "--audio-encoder", str(whisper)]) == 0
+    return output
+
+
+def read_predictions(demo_dir, run):
+    return [json.loads(line) for line in (demo_dir / "predictions" / f"{run}.jsonl").read_text().splitlines()]
+
+
+def recomputed(demo_dir, run, modality):
+    """A run's figures on one modality, recomputed from its predictions.jsonl with the float64 CCC: per clip, the
+    content and emotion items' correctness and the heads' VA at the emotion item."""
+    lines = [line for line in read_predictions(demo_dir, run) if line["config"] == modality]
+    by_task = {task: sorted((l for l in lines if l["task"] == task), key=lambda l: l["clip_id"])
+               for task in ("content", "emotion")}
+    figures = {f"{task}_acc": float(np.mean([l["correct"] for l in by_task[task]])) for task in by_task}
+    emotion = by_task["emotion"]
+    if emotion[0]["valence_pred"] is None:
+        return figures
+    ccc = [concordance_correlation_coefficient([l[f"{d}_pred"] for l in emotion], [l[f"{d}_ref"] for l in emotion])
+           for d in ("valence", "arousal")]
+    return {**figures, "va_ccc": float(np.mean(ccc))}
+
+
+def verdicts(results):
+    return {target["target"]: target["holds"] for target in results["targets"]}
+
+
 def test_results_follow_the_documented_schema(results):
     assert set(results["chance"]) == {"content", "emotion"}
     assert set(results["stages"]) == set(STAGES)
     for table in [*results["stages"].values(), *results["ablations"].values()]:
         assert set(table) == set(MODALITIES)
         for row in table.values():
-            assert set(row) == {"content_acc", "emotion_acc", "va_ccc"}
+            assert set(row) == {"content_acc", "emotion_acc", "va_ccc", "ci95"}
             assert 0.0 <= row["content_acc"] <= 1.0 and 0.0 <= row["emotion_acc"] <= 1.0
+            for metric in ("content_acc", "emotion_acc"):  # every figure carries its 95% interval
+                low, high = row["ci95"][metric]
+                assert low <= row[metric] <= high and high - low > 0
     # the Supervisor is untrained before Stage 2: its CCC is not defined yet
     assert all(row["va_ccc"] is None for row in results["stages"]["before_stage1"].values())
     assert all(row["va_ccc"] is not None for row in results["stages"]["after_stage2"].values())
-    assert results["seconds"] > 0 and results["mode"] == "quick"
+    assert results["seconds"] > 0 and results["mode"] == "quick" and results["audio_encoder"] is None
+
+
+def test_every_figure_equals_a_recomputation_from_the_predictions(demo_dir, results):
+    for run, table in results["stages"].items():
+        for modality in MODALITIES:
+            figures = recomputed(demo_dir, run, modality)
+            assert figures == pytest.approx({k: v for k, v in table[modality].items() if v is not None and k != "ci95"},
+                                            abs=1e-12), (run, modality)
 
 
 def test_quick_mode_meets_its_targets_and_reports_them_honestly(results):
     """Before Stage 1 the sound means nothing to the model and the picture does; Stage 1, with no audio label, makes
-    the sound carry at least 0.3 of the picture's margin over chance and leaves the picture alone; the report's
-    verdict agrees with a recomputation from the figures."""
+    the sound carry at least 0.3 of the picture's margin over chance (from scratch, with the answer head) and leaves
+    the picture alone; after Stage 2 sound and picture together beat the picture alone on emotion and VA; the
+    report's verdicts agree with a recomputation from the figures."""
     chance = results["chance"]["content"]
     before = results["stages"]["before_stage1"]
     after = results["stages"]["after_stage1"]
+    final = results["stages"]["after_stage2"]
     visual_margin = after["visual_only"]["content_acc"] - chance
     assert visual_margin > 0.3  # the stand-in VLM really sees
     assert before["audio_only"]["content_acc"] <= chance + 0.1
     assert after["visual_only"] == before["visual_only"]  # only the audio pathway trains in Stage 1
-    verdicts = {target["target"]: target["holds"] for target in results["targets"]}
     goal = chance + 0.3 * visual_margin
-    stage1_target = "after Stage 1, audio-only content >= chance + 0.3 x visual margin"
-    assert verdicts[stage1_target] == (after["audio_only"]["content_acc"] >= goal)
+    held = verdicts(results)
+    assert held["after Stage 1 (with the answer head), audio-only content >= chance + 0.3 x visual margin"] == (
+        after["audio_only"]["content_acc"] >= goal)
     assert after["audio_only"]["content_acc"] >= goal, (after["audio_only"]["content_acc"], goal)
+    for metric, label in (("emotion_acc", "emotion"), ("va_ccc", "VA CCC")):
+        gain = final["audio_visual"][metric] - final["visual_only"][metric]
+        assert held[f"after Stage 2, audio-visual {label} >= visual-only"] == (gain >= -1e-12)
+        assert gain >= 0, (metric, final["audio_visual"][metric], final["visual_only"][metric])
+
+
+def test_a_pretrained_encoder_hears_by_kd_alone_and_sound_adds_to_sight(pretrained_dir):
+    """Issue targets of the quick run with the real Whisper tiny.en, frozen, Stage 1 by KD alone."""
+    results = json.loads((pretrained_dir / "results.json").read_text())
+    assert results["settings"]["answer_head_weight"] == 0.0 and not results["settings"]["train_audio_encoder"]
+    chance = results["chance"]["content"]
+    after = results["stages"]["after_stage1"]
+    figures = recomputed(pretrained_dir, "after_stage1", "audio_only")
+    visual = recomputed(pretrained_dir, "after_stage1", "visual_only")["content_acc"]
+    assert figures["content_acc"] == pytest.approx(after["audio_only"]["content_acc"])
+    assert figures["content_acc"] >= chance + 0.5 * (visual - chance), (figures, visual)
+    final = {modality: recomputed(pretrained_dir, "after_stage2", modality) for modality in MODALITIES}
+    for metric in ("emotion_acc", "va_ccc"):
+        assert final["audio_visual"][metric] >= final["visual_only"][metric], (metric, final)
+    assert all(verdicts(results).values()), results["targets"]
 
 
 def test_report_and_plot_are_written(demo_dir, results):
