@@ -21,6 +21,7 @@ from vaemotion.synth import (
     HIDDEN_CUE_RATE,
     emotion_from_valence_arousal,
     generate_benchmark,
+    read_hidden_cues,
     sample_cues,
     sample_latents,
     synthesize,
@@ -399,6 +400,8 @@ def test_benchmark_layout(small_benchmark):
     assert sorted(p.name for p in folder.iterdir()) == ["cues.jsonl", "media", "metadata.jsonl"]
     cues = [json.loads(line) for line in (folder / "cues.jsonl").read_text().splitlines()]
     assert [record["clip_id"] for record in cues] == sorted(by_clip)
+    assert read_hidden_cues(folder) == {record["clip_id"]: record["hidden"] for record in cues}
+    assert read_hidden_cues(folder / "media") == {}  # a folder without cues.jsonl hides nothing
     counted = Counter(name for record in cues for name in record["hidden"])
     assert summary["hidden_cues"] == {name: counted[name] for name in CUES} == dict.fromkeys(CUES, round(0.3 * 16))
 
