@@ -81,8 +81,11 @@ def test_every_figure_equals_a_recomputation_from_the_predictions(demo_dir, resu
     for run, table in results["stages"].items():
         for modality in MODALITIES:
             figures = recomputed(demo_dir, run, modality)
-            assert figures == pytest.approx({k: v for k, v in table[modality].items() if v is not None and k != "ci95"},
-                                            abs=1e-12), (run, modality)
+            reported = {k: v for k, v in table[modality].items() if k != "ci95"}
+            if reported["va_ccc"] is None:  # the heads exist but are untrained before Stage 2: not reported
+                reported.pop("va_ccc")
+                figures.pop("va_ccc", None)
+            assert figures == pytest.approx(reported, abs=1e-12), (run, modality)
 
 
 def test_quick_mode_meets_its_targets_and_reports_them_honestly(results):
