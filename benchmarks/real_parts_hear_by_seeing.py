@@ -59,12 +59,20 @@ PROJECTOR = "vlm.model.multi_modal_projector."
 
 def build_parts(work: Path, image_size: int, seed: int):
     """The LLaVA (DINOv2 + SmolLM2) with pictures at ``image_size`` px, and Whisper base, by the README recipe."""
-    from transformers import AutoImageProcessor
+    import numpy as np
+    from transformers import AutoProcessor
 
     llava = assemble_llava(work / "llava", seed=seed)
-    pictures = AutoImageProcessor.from_pretrained(llava)  # DINOv2's 224 px crop: 256 tokens; smaller is cheaper
-    pictures.size, pictures.crop_size = {"shortest_edge": image_size}, {"height": image_size, "width": image_size}
-    pictures.save_pretrained(llava)
+    # DINOv2's 224 px crop gives 256 tokens a picture; smaller is cheaper. The whole processor is saved again:
+    # transformers 5 keeps the image processor's settings in processor_config.json, which wins over
+    # preprocessor_config.json (saving the image processor alone left 224 px in force).
+    vlm_processor = AutoProcessor.from_pretrained(llava)
+    vlm_processor.image_processor.size = {"shortest_edge": image_size}
+    vlm_processor.image_processor.crop_size = {"height": image_size, "width": image_size}
+    vlm_processor.save_pretrained(llava)
+    check = AutoProcessor.from_pretrained(llava).image_processor(images=np.zeros((image_size, image_size, 3), np.uint8))
+    if check["pixel_values"][0].shape[-1] != image_size:
+        raise RuntimeError(f"the LLaVA processor still resizes pictures to {check['pixel_values'][0].shape[-1]} px")
     whisper = real_part_path("whisper-base")
     model = VAEmotionForConditionalGeneration.from_vlm_and_audio_pretrained(llava, whisper)
     processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(llava, whisper, pad_audio_to_window=False)
