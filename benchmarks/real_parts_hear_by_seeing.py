@@ -14,8 +14,8 @@ teaches a frozen real Whisper base to hear.
 Writes ``results.json`` and ``report.md`` under ``--output`` and prints the table. Run it alone (one torch job at a
 time), after ``python scripts/fetch_real_parts.py``::
 
-    python benchmarks/real_parts_hear_by_seeing.py --output /tmp/hear_by_seeing      # about an hour on 2 cores
-    python benchmarks/real_parts_hear_by_seeing.py --output /tmp/smoke --smoke       # a few minutes: plumbing only
+    python benchmarks/real_parts_hear_by_seeing.py --output hear_by_seeing   # about 40 minutes on 2 cores
+    python benchmarks/real_parts_hear_by_seeing.py --output smoke --smoke    # two minutes: plumbing only
 """
 
 from __future__ import annotations
