@@ -358,6 +358,24 @@ def test_lora_adapters_train_and_leave_the_teacher_alone(workspace, tmp_path, ba
 
 
 # ------------------------------------------------------------------------------------------------ training
+def test_training_with_memoized_encoder_states_equals_training_without(workspace, tmp_path):
+    """The frozen encoder's states, computed once per clip (cache_audio_encoder_states), train the same weights."""
+    weights, encoded = {}, {}
+    for memo in (False, True):
+        config = make_config(workspace, tmp_path, output_dir=str(tmp_path / f"memo_{memo}"), max_steps=3,
+                             per_device_train_batch_size=2, cache_audio_encoder_states=memo)
+        trainer = build_trainer(config)
+        windows, model = [], trainer.model
+        encode = model._run_audio_tower
+        model._run_audio_tower = lambda features: windows.append(len(features)) or encode(features)
+        trainer.train()
+        weights[memo] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        encoded[memo] = sum(windows)
+    assert 0 < encoded[True] < encoded[False]  # 3 steps of 2 clips over 4 clips: some windows come back
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-5, atol=1e-6)
+
+
 def test_training_reduces_the_emotion_loss_on_every_path(workspace, tmp_path):
     config = make_config(workspace, tmp_path, eval_data=str(workspace / "train.jsonl"), max_steps=8,
                          learning_rate=2e-2, warmup_steps=0, va_loss="mse+ccc")  # fmt: skip

@@ -178,13 +178,6 @@ class VGAlignConfig(VAEmotionTrainingArguments):
     )
     # -- trainable set
     train_audio_encoder: bool = field(default=False, metadata={"help": "Also train the audio encoder."})
-    cache_audio_encoder_states: bool = field(
-        default=False,
-        metadata={"help": "With a frozen audio encoder, encode each distinct audio window once and keep its states in "
-                  "host memory for the run (memoize_frozen_audio_states), instead of re-encoding it every epoch. "
-                  "Costs frames x width x 4 bytes per window (about 0.15 MB for 2 s through Whisper tiny, 7.7 MB for "
-                  "a padded 30 s window through Whisper large-v3): meant for small datasets and many epochs."},
-    )
     train_audio_delimiters: bool = field(
         default=True,
         metadata={"help": "Train the <|audio_bos|>/<|audio_eos|> embeddings (two rows, started from the VLM's vision "
@@ -882,7 +875,6 @@ def prepare_trainable_model(model, config):
     report = model.set_trainable(
         "vg_align", train_audio_encoder=config.train_audio_encoder, train_audio_delimiters=config.train_audio_delimiters
     )
-    model.memoize_frozen_audio_states(config.cache_audio_encoder_states)  # bypassed while the encoder trains
     return finish_trainable_setup(model, config, report["modules"])
 
 
