@@ -429,3 +429,30 @@ def test_cli_trains_saves_and_resumes(workspace, tmp_path, monkeypatch):
     assert len(steps) == 1  # steps 1-2 came from checkpoint-2
     state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+
+
+def test_gradient_accumulation_takes_the_step_of_one_big_batch(workspace, tmp_path):
+    """Answers of 1 to 3 tokens, one clip without a category: 2 accumulated micro-batches of 2 clips take the same
+    optimizer step, and log the same loss, as one batch of 4 (float64, plain SGD): every answer token and every
+    labelled clip weighs the same wherever it falls (num_items_in_batch)."""
+    lines = [json.loads(line) for line in (workspace / "train.jsonl").read_text().splitlines()]
+    lines[2]["arousal"] = 0.5  # exact with MSE when a clip with a VA target has both (see emo_adapter_loss)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps({**line, "video": str(workspace / line["video"])}) + "\n" for line in lines))
+    steps, losses = {}, {}
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        config = make_config(workspace, tmp_path, output_dir=str(tmp_path / f"ga{accumulation}"), train_data=str(manifest),
+                             max_steps=1, per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=accumulation, va_loss="mse", optim="sgd", learning_rate=1.0,
+                             lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
+        trainer = build_trainer(config)
+        trainer.model.double()
+        start = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+        trainer.train()
+        steps[accumulation] = {name: p.detach() - start[name] for name, p in trainer.model.named_parameters()
+                               if name in start}
+        losses[accumulation] = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert any(step.abs().max() > 1e-3 for step in steps[1].values())
+    for name, step in steps[1].items():
+        torch.testing.assert_close(steps[2][name], step, rtol=1e-5, atol=1e-8, msg=name)
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5)

@@ -25,7 +25,10 @@ from vaemotion.training.vg_align import (
     VGAlignConfig,
     VGAlignTrainer,
     attach_answer_head,
+    build_datasets,
+    load_model_and_processor,
     pair_clips_with_prompts,
+    prepare_trainable_model,
     pool_audio_states,
     stage1_dataset,
     train_from_config,
@@ -440,3 +443,36 @@ def test_training_with_memoized_encoder_states_equals_training_without(tmp_path,
         runs[memo] = load_file(Path(train_from_config(config)) / "model.safetensors")
     for name, tensor in runs[False].items():
         torch.testing.assert_close(runs[True][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_takes_the_step_of_one_big_batch(tmp_path, model_dir):
+    """Eight examples whose responses have 2 to 6 tokens: 4 accumulated micro-batches of 2 take the same optimizer
+    step, and log the same loss, as one batch of 8 (float64, plain SGD; KD + CE)."""
+    captions = ["calm", "the sound is happy and high", "a sad clip", "low"]
+    lines = []
+    for index, caption in enumerate(captions):
+        write_video(tmp_path / f"c{index}.mp4", seconds=1.0, fps=8, size=(32, 32), sampling_rate=16000,
+                    onset=0.2 * (index + 1))
+        lines.append(json.dumps({"id": f"c{index}", "video": f"c{index}.mp4", "caption": caption}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    steps, losses, lengths = {}, {}, None
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        config = make_config(tmp_path, model_dir, {"manifest": str(tmp_path / "m.jsonl")},
+                             output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=accumulation, max_steps=1, ce_weight=0.5, optim="sgd",
+                             learning_rate=1.0, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
+        model, processor = load_model_and_processor(config)
+        train_set, _ = build_datasets(model, processor, config)
+        model, _ = prepare_trainable_model(model.double(), config)
+        trainer = VGAlignTrainer(model=model, args=config, train_dataset=train_set,
+                                 data_collator=VGAlignCollator(processor), processing_class=processor)
+        lengths = sorted(len(train_set.responses[example.key]) for example in train_set.examples)
+        start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        trainer.train()
+        steps[accumulation] = {name: p.detach() - start[name] for name, p in model.named_parameters() if name in start}
+        losses[accumulation] = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert lengths[0] <= 2 and lengths[-1] >= 6  # very different response lengths
+    assert any(step.abs().max() > 1e-3 for step in steps[1].values())
+    for name, step in steps[1].items():
+        torch.testing.assert_close(steps[4][name], step, rtol=1e-5, atol=1e-8, msg=name)
+    assert losses[4] == pytest.approx(losses[1], rel=1e-5)

@@ -103,15 +103,57 @@ def student_distillation(
 
 
 class LossPartsTrainer(Trainer):
-    """A Trainer that logs each loss part (averaged over the steps between two logs), in train and eval alike.
+    """A Trainer whose loss parts are weighted by what they average over, and logged.
 
-    Subclasses call ``self.record_loss_parts(kd_loss=..., lm_loss=...)`` in ``compute_loss``; the parts appear in
-    the logs next to ``loss`` (with the ``eval_`` prefix during evaluation), as TRL's trainers do.
+    **Weighting.** Each loss part is a mean over some items of its micro-batch: response tokens (distillation, LM
+    cross-entropy) or labelled samples (the emotion terms). Under gradient accumulation, and across ranks, a plain
+    per-micro-batch mean would let a micro-batch with few items weigh as much as one with many. Subclasses say what
+    a batch holds (``count_loss_items(batch) -> {kind: count}``); the Trainer sums the counts over the micro-batches
+    of an optimizer step (and over ranks with ``average_tokens_across_devices``) and passes them to
+    ``compute_loss`` as ``num_items_in_batch``; [`item_shares`] turns them into each micro-batch's share, by which
+    its part means are scaled. The sum over the step is then the mean over all its items, as with one big batch.
+
+    **Logging.** Subclasses call ``self.record_loss_parts(kd_loss=..., lm_loss=...)`` in ``compute_loss``; the parts
+    appear in the logs next to ``loss`` (with the ``eval_`` prefix during evaluation), as TRL's trainers do.
     """
+
+    # compute_loss scales the loss by the micro-batch's share of the step's items: training_step must not divide it
+    # by the number of accumulation steps again
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._loss_parts = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def count_loss_items(self, batch: dict) -> dict[str, torch.Tensor]:
+        """How many items of each kind (``"tokens"``, ``"samples"``, ...) the loss parts of ``batch`` average over."""
+        raise NotImplementedError
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict[str, torch.Tensor] | None:
+        if not batch_samples:
+            return None
+        counts = [self.count_loss_items(batch) for batch in batch_samples]
+        totals = torch.stack([torch.stack([c[kind] for c in counts]).sum() for kind in counts[0]]).to(device).float()
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            totals = self.accelerator.gather(totals[None]).sum(0)
+        return dict(zip(counts[0], totals))
+
+    def item_shares(self, batch: dict, num_items_in_batch: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Per kind of item, the factor that turns ``batch``'s part means into its share of the step's mean.
+
+        ``local count / step count``, times the number of processes when the counts are global (DDP averages the
+        gradients of the ranks); without counts (evaluation, a direct call), 1 and the loss divided by the number of
+        accumulation steps, the Trainer's usual scaling.
+        """
+        local = self.count_loss_items(batch)
+        if num_items_in_batch is None:
+            steps = getattr(self, "current_gradient_accumulation_steps", 1) if self.model.training else 1
+            return {kind: torch.tensor(1.0 / steps) for kind in local}
+        ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        return {
+            kind: local[kind].to(total.device).float() * ranks / total.clamp(min=1)
+            for kind, total in num_items_in_batch.items()
+        }
 
     def record_loss_parts(self, **parts) -> None:
         mode = "train" if self.model.training else "eval"

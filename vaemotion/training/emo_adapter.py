@@ -75,9 +75,10 @@ Example (a run on a tiny model: see ``tests/test_emo_adapter.py`` for the files 
 from __future__ import annotations
 
 import contextlib
+import math
 import string
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +123,15 @@ AUDIO_PATHS = ("audio", "audio_visual")
 # Label fields an answer template may name.
 TEMPLATE_FIELDS = ("emotion", "valence", "arousal")
 # Total loss parts and the config field weighting each.
-WEIGHTED_PARTS = {"lm_loss": "w_lm", "kd_loss": "w_kd", "emo_loss": "w_emo", "aux_loss": "aux_weight"}
+# Each part of the total: the config weights that multiply it, and the items its mean is over (count_loss_items)
+WEIGHTED_PARTS = {
+    "lm_loss": (("w_lm",), "tokens"),
+    "kd_loss": (("w_kd",), "tokens"),
+    "va_loss": (("w_emo", "va_weight"), "va_samples"),
+    "category_loss": (("w_emo", "category_weight"), "category_samples"),
+    "aux_va_loss": (("aux_weight", "va_weight"), "va_samples"),
+    "aux_category_loss": (("aux_weight", "category_weight"), "category_samples"),
+}
 
 
 @dataclass
@@ -406,8 +415,26 @@ class EmoAdapterStep:
     outputs: VAEmotionOutput
 
 
-def emo_adapter_loss(model, batch: dict, config: EmoAdapterConfig) -> EmoAdapterStep:
-    """The Stage 2 loss of a batch from [`EmoAdapterCollator`] (the formula is in the module docstring)."""
+def count_loss_items(batch: dict) -> dict[str, torch.Tensor]:
+    """What the parts of a Stage 2 batch average over: answer tokens (LM and KD), clips with a valence or arousal
+    target (VA), clips with a category (category CE)."""
+    va_known = torch.isfinite(batch["valence"]) | torch.isfinite(batch["arousal"])
+    return {
+        "tokens": batch["response_mask"].sum(),
+        "va_samples": va_known.sum(),
+        "category_samples": (batch["emotion_labels"] != -100).sum(),
+    }
+
+
+def emo_adapter_loss(model, batch: dict, config: EmoAdapterConfig,
+                     shares: Mapping[str, torch.Tensor] | None = None) -> EmoAdapterStep:
+    """The Stage 2 loss of a batch from [`EmoAdapterCollator`] (the formula is in the module docstring).
+
+    ``shares`` (from [`~vaemotion.training.distill.LossPartsTrainer.item_shares`], keyed like
+    [`count_loss_items`]) scales each part's mean in the total so that an optimizer step's sum is the mean over all
+    its tokens and clips; the logged parts stay unscaled. The VA part's CCC is a batch statistic: over accumulated
+    micro-batches it is their weighted mean, not the CCC of the whole step (its MSE and every other part are
+    exact)."""
     positions = batch["positions"]
     outputs = model(
         **batch["inputs"], logits_to_keep=positions, emotion_positions=positions[:, 0], use_cache=False
@@ -424,7 +451,11 @@ def emo_adapter_loss(model, batch: dict, config: EmoAdapterConfig) -> EmoAdapter
             per_part[name].append(value)
     for name, values in per_part.items():
         parts[name] = torch.stack(values).mean()
-    loss = sum(getattr(config, weight) * parts[name] for name, weight in WEIGHTED_PARTS.items() if name in parts)
+    loss = sum(
+        math.prod(getattr(config, weight) for weight in weights) * parts[name] * (1.0 if shares is None else shares[kind])
+        for name, (weights, kind) in WEIGHTED_PARTS.items()
+        if name in parts
+    )
     return EmoAdapterStep(loss=loss, parts=parts, predictions=_predictions(outputs, num_clips), outputs=outputs)
 
 
@@ -481,12 +512,14 @@ class EmoAdapterTrainer(LossPartsTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The loss is a per-micro-batch mean: the Trainer must scale it for gradient accumulation (a peft wrapper's
-        # **kwargs forward would otherwise make it assume the loss already is).
+        # the model is never given targets (a peft wrapper's **kwargs forward would make the Trainer think it is)
         self.model_accepts_loss_kwargs = False
 
+    def count_loss_items(self, batch: dict) -> dict[str, torch.Tensor]:
+        return count_loss_items(batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        step = emo_adapter_loss(model, inputs, self.args)
+        step = emo_adapter_loss(model, inputs, self.args, self.item_shares(inputs, num_items_in_batch))
         self.record_loss_parts(**step.parts)
         return (step.loss, step) if return_outputs else step.loss
 

@@ -604,9 +604,14 @@ class VGAlignLoss(NamedTuple):
 
 
 def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_weight: float = 1.0,
-                  ce_weight: float = 0.0, answer_head_weight: float = 0.0) -> VGAlignLoss:
+                  ce_weight: float = 0.0, answer_head_weight: float = 0.0,
+                  shares: Mapping[str, torch.Tensor] | None = None) -> VGAlignLoss:
     """``kd_weight * KD + ce_weight * CE (+ answer_head_weight * answer-head CE)`` of one [`VGAlignCollator`]
     batch; ``model`` may be wrapped.
+
+    KD and CE are means over the batch's response tokens, the answer-head CE a mean over its samples; ``shares``
+    (``{"tokens": ..., "samples": ...}``, from [`LossPartsTrainer.item_shares`]) scales each in the total, so that
+    an optimizer step's sum is the mean over all its tokens and samples. The returned parts stay unscaled.
 
     The teacher is the same ``model`` on the visual batch, without gradients and with adapters disabled (or the
     cached top-k, when the batch carries it); the student is ``model`` on the audio batch. Logits exist only at
@@ -639,13 +644,14 @@ def vg_align_loss(model, inputs: dict, settings: DistillationSettings, *, kd_wei
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_ce):
             logits = outputs.logits if trains_ce else outputs.logits.detach()
             ce = response_cross_entropy(logits, labels, chunk_size=settings.loss_chunk_size)
-    loss = ce_weight * ce if ce_weight > 0 else 0.0
+    token_share = 1.0 if shares is None else shares["tokens"]
+    loss = ce_weight * token_share * ce if ce_weight > 0 else 0.0
     if kd is not None:
-        loss = loss + kd_weight * kd
+        loss = loss + kd_weight * token_share * kd
     answer = None
     if recorder is not None:
         answer = _answer_head_loss(unwrap(model), recorder.states, inputs)
-        loss = loss + answer_head_weight * answer
+        loss = loss + answer_head_weight * (1.0 if shares is None else shares["samples"]) * answer
     return VGAlignLoss(loss, kd, ce, mask.sum(), answer)
 
 
@@ -781,12 +787,17 @@ class VGAlignTrainer(LossPartsTrainer):
 
     def __init__(self, model=None, args: VGAlignConfig | None = None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
-        self.model_accepts_loss_kwargs = False  # the loss is a per-micro-batch mean: the Trainer scales it
+        self.model_accepts_loss_kwargs = False  # the model is never given labels: compute_loss weighs the parts
+
+    def count_loss_items(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Response tokens (KD, CE) and samples (the answer head's CE)."""
+        mask = batch["response_mask"]
+        return {"tokens": mask.sum(), "samples": torch.tensor(mask.shape[0], device=mask.device)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = vg_align_loss(
             model, inputs, self.args.distillation, kd_weight=self.args.kd_weight, ce_weight=self.args.ce_weight,
-            answer_head_weight=self.args.answer_head_weight,
+            answer_head_weight=self.args.answer_head_weight, shares=self.item_shares(inputs, num_items_in_batch),
         )  # fmt: skip
         self.record_loss_parts(kd_loss=parts.kd_loss, ce_loss=parts.ce_loss, response_tokens=parts.response_tokens,
                                answer_loss=parts.answer_loss)
