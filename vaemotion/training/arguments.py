@@ -29,6 +29,13 @@ class VAEmotionTrainingArguments(TrainingArguments):
         default=None, metadata={"help": f"Dtype the weights are loaded in: one of {MODEL_DTYPES} (default float32)."}
     )
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
+    cache_audio_encoder_states: bool = field(
+        default=False,
+        metadata={"help": "With a frozen audio encoder, encode each distinct audio window once and keep its states in "
+                  "host memory for the run (memoize_frozen_audio_states), instead of re-encoding it every epoch. "
+                  "Costs frames x width x 4 bytes per window (about 0.15 MB for 2 s through Whisper tiny, 7.7 MB for "
+                  "a padded 30 s window through Whisper large-v3): meant for small datasets and many epochs."},
+    )
     # -- data
     train_data: str | None = field(default=None, metadata={"help": "Training clips: a .jsonl manifest (or a folder)."})
     eval_data: str | None = field(default=None, metadata={"help": "Evaluation clips, in the same form (optional)."})
@@ -37,13 +44,6 @@ class VAEmotionTrainingArguments(TrainingArguments):
     keep_clips_in_memory: bool = field(
         default=False,
         metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
-    )
-    cache_audio_encoder_states: bool = field(
-        default=False,
-        metadata={"help": "With a frozen audio encoder, encode each distinct audio window once and keep its states in "
-                  "host memory for the run (memoize_frozen_audio_states), instead of re-encoding it every epoch. "
-                  "Costs frames x width x 4 bytes per window (about 0.15 MB for 2 s through Whisper tiny, 7.7 MB for "
-                  "a padded 30 s window through Whisper large-v3): meant for small datasets and many epochs."},
     )
     max_response_tokens: int = field(default=64, metadata={"help": "Responses are cut to this many tokens."})
     # -- distillation from the visual teacher
@@ -158,9 +158,10 @@ def upcast_trainable_parameters(model: torch.nn.Module) -> int:
 
 
 def finish_trainable_setup(model, config: VAEmotionTrainingArguments, trainable_modules: list[str]):
-    """After a stage froze all but its modules: keep them in float32 under mixed precision, attach LoRA adapters to
-    the LLM when ``lora_r > 0`` (the fully trained modules become peft ``modules_to_save``), and count parameters.
-    Returns ``(model or PeftModel, {"trainable", "total"})``."""
+    """After a stage froze all but its modules: memoize a frozen audio encoder's states when
+    ``cache_audio_encoder_states`` asks for it, keep the trainable modules in float32 under mixed precision, attach
+    LoRA adapters to the LLM when ``lora_r > 0`` (the fully trained modules become peft ``modules_to_save``), and
+    count parameters. Returns ``(model or PeftModel, {"trainable", "total"})``."""
     model.memoize_frozen_audio_states(config.cache_audio_encoder_states)  # bypassed while the encoder trains
     if config.bf16 or config.fp16:
         upcast_trainable_parameters(model)
