@@ -18,6 +18,7 @@ from vaemotion import VAEmotionConfig, VAEmotionForConditionalGeneration
 from vaemotion.processing_vaemotion import VAEmotionProcessor
 from vaemotion.tiny import build_tiny_processor, build_tiny_tokenizer, tiny_vaemotion_config
 from vaemotion.training.data import read_clips, tokenize_response
+from vaemotion.training.distill import teacher_targets
 from vaemotion.training.lora import LLM_LORA_TARGET, lora_target_names
 from vaemotion.training.vg_align import (
     AnswerHead,
@@ -31,6 +32,7 @@ from vaemotion.training.vg_align import (
     prepare_trainable_model,
     pool_audio_states,
     stage1_dataset,
+    teacher_fingerprint,
     train_from_config,
     vg_align_loss,
 )
@@ -191,6 +193,30 @@ def test_loss_matches_a_full_logits_reference_and_teacher_has_no_grad(tmp_path, 
     torch.testing.assert_close(parts.loss, parts.kd_loss + 0.5 * parts.ce_loss)
     grads = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None}
     assert grads == {"audio_projector", "audio_delimiters"}
+
+
+def test_the_teacher_is_one_pathway_without_enhancer_adapters_or_dropout(tmp_path, model_dir, clips):
+    """Stage 1's teacher (and so the teacher cache and Stage 2, which use the same function) ignores a trained
+    Enhancer and runs without dropout while the model trains; the cache fingerprint ignores the Enhancer too."""
+    model, processor = load_tiny(model_dir)
+    config = make_config(tmp_path, model_dir, clips)
+    _, batch = collated_batch(tmp_path, model_dir, clips, processor)
+    teacher = lambda: teacher_targets(model, batch["teacher"], batch["teacher_positions"], config.distillation)  # noqa: E731
+    reference, fingerprint = teacher(), teacher_fingerprint(model, processor, config)
+    with torch.no_grad():
+        model.emotion_enhancer.up.weight.normal_()  # a trained Enhancer: no longer the identity
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model.train()
+    with torch.no_grad():  # the same model, plain: the Enhancer and dropout do act on it
+        plain = model(**batch["teacher"], logits_to_keep=batch["teacher_positions"]).logits
+    assert not torch.allclose(plain, reference, atol=1e-3)
+    torch.testing.assert_close(teacher(), reference)
+    torch.testing.assert_close(teacher(), reference)
+    assert all(module.training for module in model.modules())  # put back in training mode
+    assert model.emotion_enhancer is not None
+    assert teacher_fingerprint(model, processor, config) == fingerprint
 
 
 def test_trainer_holds_a_single_copy_of_the_weights(tmp_path, model_dir, clips):
@@ -407,6 +433,34 @@ def test_accelerate_two_processes(tmp_path, model_dir, clips):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("stage1 finished") == 2  # one line per process
     assert "on 2 processes" in result.stdout and (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+LOSS_PARTS_SCRIPT = """
+import json, sys, torch
+from transformers import TrainingArguments
+from vaemotion.training.distill import LossPartsTrainer
+
+args = TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to="none")
+trainer = LossPartsTrainer(model=torch.nn.Linear(2, 2), args=args)
+rank = args.process_index
+for step in range(2):  # rank r records a = r + step (two steps), and only rank 1 records b
+    trainer.record_loss_parts(a=torch.tensor(float(rank + step)), b=torch.tensor(5.0) if rank == 1 else None)
+print("PARTS", json.dumps(trainer._reduced_loss_parts("train")), flush=True)
+"""
+
+
+def test_logged_loss_parts_are_means_over_steps_and_ranks(tmp_path):
+    """Two gloo processes: each part is averaged over the steps and the ranks that recorded it, and a part only one
+    rank has is still logged (the ranks agree on the names before they reduce)."""
+    script = tmp_path / "parts.py"
+    script.write_text(LOSS_PARTS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    logged = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("PARTS")]
+    assert logged == [{"a": 1.0, "b": 5.0}] * 2  # a: (0 + 1 + 1 + 2) / 4 on both ranks
 
 
 # ------------------------------------------------------------------------------------------------ frozen encoder memo

@@ -1,15 +1,16 @@
 """The VG-Align step shared by Stage 1 and Stage 2, and the loss-part logging both trainers use.
 
-Teacher and student are the **same model object**: the teacher pass is the model on the visual input, run without
-gradients (and with any LoRA adapters disabled, so the teacher stays the frozen pretrained pathway); the student
-pass is the model on the audio input. Logits are computed only at the positions that predict response tokens
-(``logits_to_keep`` with explicit positions), never over the whole sequence.
+Teacher and student are the **same model object**. The teacher is defined once, by [`frozen_visual_pathway`], and
+every teacher pass goes through it (Stage 1's targets and responses, the teacher cache, Stage 2's KD): the model on
+the visual input, without gradients, with any LoRA adapters disabled and the Emotion Enhancer bypassed (the
+pretrained VLM as it was before either stage; an untrained Enhancer is the identity anyway), and with dropout off
+while the student trains. The student pass is the model on the audio input. Logits are computed only at the
+positions that predict response tokens (``logits_to_keep`` with explicit positions), never over the whole sequence.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,52 @@ def adapters_disabled(model):
         yield
 
 
+@contextlib.contextmanager
+def emotion_enhancer_bypassed(model):
+    """Run ``model`` (a VAEmotion model, unwrapped) as if it had no Emotion Enhancer: every modality token enters the
+    LLM unchanged. The module is detached for the duration and put back afterwards, even on error; its parameters
+    (and the optimizer's references to them) are untouched.
+
+    >>> from vaemotion import VAEmotionForConditionalGeneration
+    >>> from vaemotion.tiny import tiny_vaemotion_config
+    >>> model = VAEmotionForConditionalGeneration(tiny_vaemotion_config())
+    >>> with emotion_enhancer_bypassed(model):
+    ...     print(model.emotion_enhancer)
+    None
+    >>> type(model.emotion_enhancer).__name__
+    'VAEmotionEmotionEnhancer'
+    """
+    enhancer = model.emotion_enhancer
+    model.emotion_enhancer = None
+    try:
+        yield model
+    finally:
+        model.emotion_enhancer = enhancer
+
+
+@contextlib.contextmanager
+def evaluation_mode(model):
+    """Every module of ``model`` in eval mode (dropout off) for the duration, each put back in its own mode after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def frozen_visual_pathway(model):
+    """The teacher: ``model`` (possibly wrapped) with adapters disabled, the Enhancer bypassed, dropout off.
+
+    The one definition of the teacher every stage and the teacher cache use (see the module docstring).
+    """
+    with torch.no_grad(), emotion_enhancer_bypassed(unwrap(model)), evaluation_mode(peft_or_model(model)), \
+            adapters_disabled(model):
+        yield model
+
+
 def unwrap(model):
     """The VAEmotion model inside accelerate/DDP/peft wrappers (for attribute access, not for the forward)."""
     while hasattr(model, "module"):
@@ -59,7 +106,7 @@ def unwrap(model):
 @torch.no_grad()
 def teacher_targets(model, teacher_batch: dict, positions: torch.Tensor, settings: DistillationSettings) -> Teacher:
     """The frozen visual pathway's next-token distribution at ``positions`` (logits, or top-k log-probabilities)."""
-    with adapters_disabled(model):
+    with frozen_visual_pathway(model):
         logits = model(**teacher_batch, logits_to_keep=positions, use_cache=False).logits
     if settings.teacher_top_k:
         return topk_teacher(logits, settings.teacher_top_k, settings.temperature)
@@ -123,7 +170,7 @@ class LossPartsTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._loss_parts = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._loss_parts: dict[str, dict[str, tuple]] = {"train": {}, "eval": {}}  # name -> (sum, count)
 
     def count_loss_items(self, batch: dict) -> dict[str, torch.Tensor]:
         """How many items of each kind (``"tokens"``, ``"samples"``, ...) the loss parts of ``batch`` average over."""
@@ -156,16 +203,36 @@ class LossPartsTrainer(Trainer):
         }
 
     def record_loss_parts(self, **parts) -> None:
-        mode = "train" if self.model.training else "eval"
+        """Add this step's parts to the running sums, on the device: nothing waits for the host until a log."""
+        sums = self._loss_parts["train" if self.model.training else "eval"]
         for name, value in parts.items():
             if value is not None:
-                self._loss_parts[mode][name].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+                value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+                total, count = sums.get(name, (0.0, 0))
+                sums[name] = (total + value, count + 1)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         prefix = "eval_" if mode == "eval" and any(key.startswith("eval_") for key in logs) else ""
-        for name, values in self._loss_parts[mode].items():
-            if values:
-                logs[f"{prefix}{name}"] = sum(values) / len(values)
-        self._loss_parts[mode].clear()
+        logs.update({f"{prefix}{name}": value for name, value in self._reduced_loss_parts(mode).items()})
         super().log(logs, start_time)
+
+    def _reduced_loss_parts(self, mode: str) -> dict[str, float]:
+        """Each part's mean over the steps since the last log and over the ranks, in one host sync (and, with
+        several processes, one gather of the part names, which may differ between ranks, and one all-reduce)."""
+        sums = self._loss_parts[mode]
+        names = sorted(sums)
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted(set().union(*gather_object([names])))  # one list per rank
+        if not names:
+            return {}
+        device = self.args.device
+        totals = torch.stack([torch.as_tensor(sums[n][0] if n in sums else 0.0, device=device).float() for n in names])
+        counts = torch.tensor([float(sums[n][1]) if n in sums else 0.0 for n in names], device=device)
+        if self.args.world_size > 1:
+            totals, counts = self.accelerator.reduce(torch.stack([totals, counts]), reduction="sum")
+        sums.clear()
+        means, counts = torch.stack([totals / counts.clamp(min=1), counts]).tolist()  # the one host sync
+        return {name: mean for name, mean, count in zip(names, means, counts) if count > 0}

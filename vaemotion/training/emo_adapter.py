@@ -40,9 +40,9 @@ given targets, so its own config-weighted loss is not computed and nothing is co
 in total and per path: ``lm_loss``, ``kd_loss``, ``emo_loss`` (= its ``va_loss`` and ``category_loss``),
 ``aux_loss`` (= ``aux_va_loss`` and ``aux_category_loss``), and e.g. ``emo_loss/audio``, ``kd_loss/audio_visual``.
 
-**Teacher.** The KD teacher is a separate pass of the same model on the visual path, without gradients, with the
-Emotion Enhancer bypassed ([`emotion_enhancer_bypassed`]) and any LoRA adapters disabled: exactly Stage 1's frozen
-visual pathway. Detaching the student's own visual-path forward would be cheaper, but its tokens carry the
+**Teacher.** The KD teacher is a separate pass of the same model on the visual path as
+[`~vaemotion.training.distill.frozen_visual_pathway`] defines it for both stages (no gradients, Emotion Enhancer
+bypassed, LoRA adapters disabled, dropout off): exactly Stage 1's teacher. Detaching the student's own visual-path forward would be cheaper, but its tokens carry the
 Enhancer's residuals, so the target would move as the adapter trains and the audio student could be pulled along
 with whatever the Enhancer does to the picture; the frozen pathway keeps the anchor that Stage 1 aligned to. It
 also means KD needs no ``"visual"`` entry in ``paths``.
@@ -74,7 +74,6 @@ Example (a run on a tiny model: see ``tests/test_emo_adapter.py`` for the files 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import string
 from collections import defaultdict
@@ -87,7 +86,7 @@ from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..benchmark.functional import concordance_correlation_coefficient, f1_scores
-from ..modeling_vaemotion import VAEmotionForConditionalGeneration, VAEmotionOutput
+from ..modeling_vaemotion import VAEmotionOutput
 from .data import (
     PATHS,
     ClipDataError,
@@ -101,7 +100,7 @@ from .data import (
     response_positions,
     tokenize_response,
 )
-from .distill import LossPartsTrainer, adapters_disabled, teacher_targets, unwrap
+from .distill import LossPartsTrainer, emotion_enhancer_bypassed, teacher_targets
 from .arguments import VAEmotionTrainingArguments, finish_trainable_setup, load_model_and_processor
 from .losses import (
     VA_LOSS_KINDS,
@@ -364,37 +363,10 @@ def clip_dataset(records: Sequence[ClipRecord], config: EmoAdapterConfig, proces
 
 
 # ---------------------------------------------------------------------------------------------------- loss
-@contextlib.contextmanager
-def emotion_enhancer_bypassed(model: VAEmotionForConditionalGeneration):
-    """Run ``model`` as if it had no Emotion Enhancer: every modality token enters the LLM unchanged.
-
-    This is the frozen pathway Stage 1 aligned to (an untrained Enhancer is the identity), used as the KD teacher.
-    The module is detached for the duration and put back afterwards, even on error; its parameters (and the
-    optimizer's references to them) are untouched.
-
-    >>> from vaemotion.tiny import tiny_vaemotion_config
-    >>> model = VAEmotionForConditionalGeneration(tiny_vaemotion_config())
-    >>> with emotion_enhancer_bypassed(model):
-    ...     print(model.emotion_enhancer)
-    None
-    >>> type(model.emotion_enhancer).__name__
-    'VAEmotionEmotionEnhancer'
-    """
-    enhancer = model.emotion_enhancer
-    model.emotion_enhancer = None
-    try:
-        yield model
-    finally:
-        model.emotion_enhancer = enhancer
-
-
 @torch.no_grad()
 def visual_teacher(model, batch: dict, config: EmoAdapterConfig) -> Teacher:
     """The frozen visual pathway's next-token distribution at the answer positions (see the module docstring)."""
-    # teacher_targets cannot find peft's adapters through a DDP wrapper: disable them on the peft model itself
-    with emotion_enhancer_bypassed(unwrap(model)), adapters_disabled(model):
-        return teacher_targets(model, batch["teacher_inputs"], batch["teacher_positions"],
-                               config.distillation)
+    return teacher_targets(model, batch["teacher_inputs"], batch["teacher_positions"], config.distillation)
 
 
 @dataclass

@@ -47,7 +47,7 @@ Example (a tiny random model and one clip written on the spot):
 ...                        prompts=["describe the scene"], max_response_tokens=4, num_frames=4, max_steps=2,
 ...                        disable_tqdm=True, save_strategy="no", logging_steps=1)
 >>> train_from_config(config) == out_dir  # doctest: +ELLIPSIS
-VG-Align: trainable params 6,272 of 204,484 (3.0672%); 1 training examples (1 clips x prompts) on 1 process
+VG-Align: trainable params ... 1 training examples (1 clips x prompts) on 1 process
 ...
 True
 
@@ -84,7 +84,7 @@ from .data import (
 from .distill import (
     DistillationSettings,
     LossPartsTrainer,
-    adapters_disabled,
+    frozen_visual_pathway,
     cached_teacher,
     peft_or_model,
     student_distillation,
@@ -116,10 +116,10 @@ DEFAULT_PROMPTS = (
     "What is the content of this clip?",
 )
 RESPONSE_SOURCES = ("teacher", "caption")
-# Weights that define the teacher (the visual path): the VLM, and the Enhancer, which every visual token goes
-# through. The audio pathway (tower + projector, the student's own parts) and the emotion heads are left out, so
-# training the projector never invalidates a cache.
-TEACHER_WEIGHT_PREFIXES = ("vlm.", "emotion_enhancer.")
+# Weights that define the teacher (distill.frozen_visual_pathway): the VLM alone. The audio pathway (tower +
+# projector, the student's own parts), the Enhancer (bypassed by the teacher) and the emotion heads are left out,
+# so training any of them never invalidates a cache.
+TEACHER_WEIGHT_PREFIXES = ("vlm.",)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -474,7 +474,7 @@ def generate_responses(
     for items in _item_batches(dataset, batch_size, num_workers):
         encoded = [encode_prompt(processor, item["clip"], "visual", item["prompt"], system_prompt) for item in items]
         batch = _to_device(collate_encoded(encoded, tokenizer.pad_token_id, padding_side="left"), device)
-        with adapters_disabled(model):
+        with frozen_visual_pathway(model):
             sequences = unwrap(model).generate(
                 **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=end_id, **kwargs,
