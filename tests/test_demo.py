@@ -89,6 +89,24 @@ def test_results_follow_the_documented_schema(results):
     assert results["seconds"] > 0 and results["mode"] == "quick" and results["audio_encoder"] is None
 
 
+def test_an_ablation_evaluated_on_one_modality_reads_as_not_evaluated_elsewhere(results, tmp_path, capsys):
+    """The full run evaluates each ablation only on the modality its verdict reads: the report, the plot and the
+    terminal summary show the others as not evaluated."""
+    from vaemotion.demo import ablation_modalities, markdown_report, plot_results, print_summary
+
+    assert ablation_modalities("no_enhancer") == ("audio_visual",) and ablation_modalities("no_kd") == ("audio_only",)
+    final = results["stages"]["after_stage2"]
+    with_ablation = {**results, "ablations": {"no_enhancer": {"audio_visual": final["audio_visual"]}}}
+    report = markdown_report(with_ablation, quick=False)
+    row = next(line for line in report.splitlines() if line.startswith("| no_enhancer |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    assert cells[:6] == ["-"] * 6 and cells[7].startswith(f"{final['audio_visual']['emotion_acc']:.3f} [")
+    plot_results(with_ablation, tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size[0] > 0
+    print_summary(with_ablation)
+    assert "| no_enhancer | - | - | - | - | - | - |" in capsys.readouterr().out
+
+
 def test_every_figure_equals_a_recomputation_from_the_predictions(demo_dir, results):
     for run, table in results["stages"].items():
         for modality in MODALITIES:

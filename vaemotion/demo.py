@@ -431,9 +431,9 @@ def score_table(scores: dict[str, ClipScores], seed: int) -> dict:
 
 
 def evaluate(model_dir: Path, data_dir: Path, settings: DemoSettings, heads_trained: bool, progress: bool,
-             predictions_path: Path) -> tuple[dict[str, ClipScores], dict]:
-    """Per modality, the per-clip scores of the test split (VA only once Stage 2 has trained the Supervisor), and
-    chance levels; the harness's predictions are written to ``predictions_path`` (JSON lines)."""
+             predictions_path: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[dict[str, ClipScores], dict]:
+    """Per modality of ``modalities``, the per-clip scores of the test split (VA only once Stage 2 has trained the
+    Supervisor), and chance levels; the harness's predictions are written to ``predictions_path`` (JSON lines)."""
     from transformers import AutoModel, AutoProcessor
 
     from .benchmark.harness import evaluate_model
@@ -441,7 +441,7 @@ def evaluate(model_dir: Path, data_dir: Path, settings: DemoSettings, heads_trai
     model = AutoModel.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     results = evaluate_model(
-        model, processor, data_dir, configs=MODALITIES, batch_size=32, num_frames=settings.num_frames,
+        model, processor, data_dir, configs=modalities, batch_size=32, num_frames=settings.num_frames,
         progress=progress,
     )  # fmt: skip
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
@@ -451,9 +451,9 @@ def evaluate(model_dir: Path, data_dir: Path, settings: DemoSettings, heads_trai
         modality: ClipScores.from_predictions(
             [line for line in results["predictions"] if line["config"] == modality], heads
         )
-        for modality in MODALITIES
+        for modality in modalities
     }
-    return scores, results["configs"]["audio_only"]["chance"]
+    return scores, results["configs"][modalities[0]]["chance"]
 
 
 # ---------------------------------------------------------------------------------------------------- targets
@@ -476,6 +476,11 @@ ABLATION_COLUMNS = {  # the column each component exists for (issue: judged ther
     "no_kd": (("audio_only", "content_acc"),),
 }
 MINIMUM_COST = 0.02
+
+
+def ablation_modalities(name: str) -> tuple[str, ...]:
+    """The modalities an ablation's verdict reads (in ``MODALITIES`` order)."""
+    return tuple(modality for modality in MODALITIES if any(modality == m for m, _ in ABLATION_COLUMNS[name]))
 
 
 def _interval_text(value) -> str:
@@ -590,7 +595,9 @@ def markdown_report(results: dict, quick: bool) -> str:
         "",
         "## Ablations",
         "",
-        (runs_table({"after_stage2": results["stages"]["after_stage2"], **results["ablations"]}, intervals=True)
+        ("Each ablation is a Stage 2 run without one component, evaluated on the modality its verdict reads (`-`: "
+         "not evaluated).\n\n"
+         + runs_table({"after_stage2": results["stages"]["after_stage2"], **results["ablations"]}, intervals=True)
          if results["ablations"] else "Not run in quick mode: run `vaemotion demo` (the full run) for them."),
         "",
         *(_checks_table(results["ablation_verdicts"], "verdict") if results["ablation_verdicts"] else []),
@@ -613,12 +620,14 @@ def runs_table(rows: dict, intervals: bool = False) -> str:
     header = "| run | " + " | ".join(f"{m} {k}" for m in MODALITIES for k in ("content", "emotion", "VA CCC")) + " |"
     lines = [header, "|---" * (1 + 3 * len(MODALITIES)) + "|"]
     for name, table in rows.items():
-        cells = [_cell(table[m], k, intervals) for m in MODALITIES for k in METRICS]
+        cells = [_cell(table.get(m), k, intervals) for m in MODALITIES for k in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(row: dict, metric: str, intervals: bool) -> str:
+def _cell(row: dict | None, metric: str, intervals: bool) -> str:
+    if row is None:
+        return "-"  # not evaluated (an ablation is evaluated on the modality its verdict reads)
     value = row[metric]
     if value is None:
         return "n/a"
@@ -640,8 +649,9 @@ def plot_results(results: dict, path: Path) -> None:
     width = 0.8 / len(runs)
     for axis, (metric, title) in zip(axes, metrics):
         for offset, (name, table) in enumerate(runs.items()):
-            values = np.array([table[m][metric] if table[m][metric] is not None else 0.0 for m in MODALITIES])
-            bounds = [table[m]["ci95"][metric] or [0.0, 0.0] for m in MODALITIES]
+            rows = [table.get(m, {metric: None, "ci95": {metric: None}}) for m in MODALITIES]  # not evaluated: no bar
+            values = np.array([np.nan if row[metric] is None else row[metric] for row in rows])
+            bounds = [row["ci95"][metric] or [np.nan, np.nan] for row in rows]
             errors = np.abs(np.array(bounds).T - values)  # asymmetric error bars: the 95% interval
             axis.bar(np.arange(len(MODALITIES)) + offset * width, values, width, yerr=errors, capsize=2, label=name)
         if metric != "va_ccc":
@@ -721,10 +731,11 @@ class DemoRun:
         self.timer.done(phase)
         return result
 
-    def evaluate(self, run: str, model_dir: Path, data_dir: Path, heads_trained: bool) -> None:
+    def evaluate(self, run: str, model_dir: Path, data_dir: Path, heads_trained: bool,
+                 modalities: tuple[str, ...] = MODALITIES) -> None:
         self.scores[run], chance = evaluate(
             model_dir, data_dir, self.settings, heads_trained, self.progress,
-            self.output_dir / "predictions" / f"{run}.jsonl",
+            self.output_dir / "predictions" / f"{run}.jsonl", modalities,
         )  # fmt: skip
         self.chance = self.chance or chance
         self.timer.done("evaluation")
@@ -802,7 +813,8 @@ def run_demo(output_dir: str | os.PathLike = "vaemotion-demo", *, quick: bool = 
         run.announce(f"ablations: {', '.join(variants)} (each a Stage 2 run)")
     for name, (start, ablation) in variants.items() if settings.run_ablations else ():
         trained = run.train("ablations", run_stage2, start, manifests["stage2"], work / name, settings, seed, **ablation)
-        run.evaluate(name, trained, data_dir, heads_trained=True)
+        # only the modality its verdict reads: three evaluations of four ablations would cost about two minutes
+        run.evaluate(name, trained, data_dir, heads_trained=True, modalities=ablation_modalities(name))
 
     run.announce("report")
     final = output_dir / "model"
