@@ -142,6 +142,10 @@ def test_config_defaults(tmp_path):
         ({"emotion": "happy", "video": "missing.mp4"}, "media file .*missing.mp4 does not exist"),
         ({"answer": "fine"}, "clip 1 has no label"),
         ({"valence": 0.2}, r"clip 1: no answer, and answer_template '\{emotion\}' needs its \['emotion'\]"),
+        ({"valence": True, "emotion": "happy"}, r"valence must be a number in \[-1, 1\], got True"),
+        ({"emotion": "happy", "answer": 3}, "answer must be a non-empty string, got 3"),
+        ({"emotion": "happy", "question": "  "}, "question must be a non-empty string"),
+        ({"emotion": 2}, "emotion must be a non-empty string, got 2"),
     ],
 )
 def test_bad_labels_are_refused(workspace, tmp_path, line, message):

@@ -82,11 +82,27 @@ def test_arrays_channels_and_integer_pcm():
         ({"array": np.array([0.1, np.nan]), "sampling_rate": 16000}, "path_or_array: .*NaN or infinite"),
         ({"array": np.array([0.1, np.inf]), "sampling_rate": 16000}, "path_or_array: .*NaN or infinite"),
         ({"array": np.array([0.0, 1200.0]), "sampling_rate": 16000}, "path_or_array: float audio must lie in"),
+        ({"array": np.zeros(100), "sampling_rate": 0}, "path_or_array: the audio's sampling rate must be a positive"),
+        ({"array": np.zeros(100), "sampling_rate": -16000}, "sampling rate must be a positive whole number of Hz"),
+        ({"array": np.zeros(100), "sampling_rate": 22050.5}, "sampling rate must be a positive whole number"),
+        ({"array": np.zeros(100), "sampling_rate": True}, "sampling rate must be a positive whole number"),
     ],
 )
 def test_bad_audio_arrays(bad, match):
     with pytest.raises(VAEmotionInputError, match=match):
         load_audio(bad)
+
+
+@pytest.mark.parametrize("rate", [0, -8000, 16000.5])
+def test_a_bad_target_sampling_rate_is_named(rate):
+    with pytest.raises(VAEmotionInputError, match=f"sampling_rate must be a positive whole number of Hz, got {rate}"):
+        load_audio({"array": np.zeros(100), "sampling_rate": 16000}, sampling_rate=rate)
+    assert load_audio({"array": np.zeros(100), "sampling_rate": 16000.0}).shape == (100,)  # a whole float is fine
+
+
+def test_a_bad_sampling_rate_for_a_video_track_is_named(av_clip):
+    with pytest.raises(VAEmotionInputError, match="sampling_rate must be a positive whole number of Hz, got 0"):
+        load_video(av_clip, num_frames=2, sampling_rate=0)
 
 
 def test_bad_audio_files(tmp_path, silent_clip):

@@ -126,8 +126,17 @@ def load_audio(
         else:
             samples, rate = path_or_array, source_sampling_rate
         samples = _array_to_channels_first(samples, name)
+    _check_sampling_rate(rate, f"{name}: the audio's sampling rate")
+    _check_sampling_rate(sampling_rate, "sampling_rate")
     mono = _to_mono(samples, name)
     return np.clip(resample_audio(mono, rate, sampling_rate), -1.0, 1.0)
+
+
+def _check_sampling_rate(rate, what: str) -> None:
+    """A sampling rate must be a positive whole number of Hz (scipy's resampler would fail deep inside otherwise)."""
+    whole = isinstance(rate, (int, np.integer)) or (isinstance(rate, (float, np.floating)) and float(rate).is_integer())
+    if isinstance(rate, bool) or not whole or rate <= 0:
+        raise VAEmotionInputError(f"{what} must be a positive whole number of Hz, got {rate!r}")
 
 
 def _decode_audio_file(path: str) -> tuple[np.ndarray, int]:
@@ -279,10 +288,12 @@ def load_video(
 
     Raises:
         [`VAEmotionInputError`]: missing, unreadable or corrupt file, no video stream, no audio stream while
-            `with_audio=True`, a frame count the video cannot give.
+            `with_audio=True`, a frame count the video cannot give, a sampling rate that is not a positive integer.
     """
     path = os.fspath(path)
     _check_file(path)
+    if with_audio:
+        _check_sampling_rate(sampling_rate, "sampling_rate")
     if backend not in ("auto", "pyav", "torchcodec"):
         raise VAEmotionInputError(f"backend: must be 'auto', 'pyav' or 'torchcodec', got {backend!r}")
     decoders = _torchcodec_decoders() if backend != "pyav" else None

@@ -56,6 +56,10 @@ class ClipDataError(VAEmotionInputError):
     """A manifest line or clip that cannot be used: the message names the manifest, line and field."""
 
 
+# Fields that hold text: a number or an empty string there is a mistake in the manifest, never a label
+TEXT_FIELDS = ("caption", "emotion", "question", "answer")
+
+
 @dataclass
 class ClipRecord:
     """One clip of a manifest, with absolute media paths and optional Stage 2 labels."""
@@ -156,9 +160,13 @@ def _record_from_line(line: str, number: int, manifest: Path, emotion_labels) ->
     for key in ("valence", "arousal"):
         if key in row:
             value = row[key]
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not -1.0 <= value <= 1.0:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)  # JSON true is not 1.0
+            if not number or not math.isfinite(value) or not -1.0 <= value <= 1.0:
                 raise ClipDataError(f"{where}: {key} must be a number in [-1, 1], got {value!r}")
             row[key] = float(value)
+    for key in TEXT_FIELDS:
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            raise ClipDataError(f"{where}: {key} must be a non-empty string, got {row[key]!r}")
     if "emotion" in row and emotion_labels is not None and row["emotion"] not in emotion_labels:
         raise ClipDataError(f"{where}: unknown emotion {row['emotion']!r}; expected one of {list(emotion_labels)}")
     return ClipRecord(**row)
