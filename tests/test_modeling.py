@@ -483,3 +483,24 @@ def test_window_groups_are_found_once_per_forward_not_once_per_layer(tokenizer, 
     assert groups is modeling.window_groups(computed[0])  # kept on the tensor
     computed[0].add_(0)  # an in-place edit bumps the version: the groups are found again
     assert modeling.window_groups(computed[0]) is not groups
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ({"emotion_labels": torch.tensor([8])}, r"emotion_labels must lie in \[0, 8\) .* got 8"),
+        ({"emotion_labels": torch.tensor([-3])}, r"emotion_labels must lie in \[0, 8\) .* got -3"),
+        ({"emotion_labels": torch.tensor([0, 1])}, r"emotion_labels must be integer indices of shape \(1,\)"),
+        ({"emotion_labels": torch.tensor([0.0])}, "emotion_labels must be integer indices"),
+        ({"valence": torch.tensor([1.5])}, r"valence targets must lie in \[-1, 1\] .* got 1.5"),
+        ({"arousal": torch.tensor([float("inf")])}, r"arousal targets must lie in \[-1, 1\]"),
+        ({"valence": torch.tensor([0.1, 0.2])}, r"valence must have shape \(1,\)"),
+    ],
+)
+def test_bad_emotion_targets_are_named_before_they_reach_a_loss(tokenizer, targets, message):
+    model = build_model(tokenizer)
+    inputs = modality_case(tokenizer, "audio+image")
+    with pytest.raises(ValueError, match=message):
+        model(**inputs, **targets)
+    unknown = model(**inputs, valence=torch.tensor([float("nan")]), emotion_labels=torch.tensor([-100]))
+    assert unknown.va_loss is None and unknown.category_loss is None  # NaN and -100 mean "unknown", not an error

@@ -821,6 +821,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
     def _add_emotion_losses(self, result: VAEmotionOutput, emotion_labels, valence, arousal, bottleneck_count):
         if self.emotion_supervisor is None or (emotion_labels is None and valence is None and arousal is None):
             return
+        _check_emotion_targets(emotion_labels, valence, arousal, result.valence.shape[0], len(self.config.emotion_labels))
         targets = _va_targets(valence, arousal, result.valence)
         result.va_loss, result.category_loss = _emotion_loss_parts(
             result.valence, result.arousal, result.emotion_logits, targets, emotion_labels
@@ -983,6 +984,26 @@ def _va_targets(valence, arousal, like: torch.Tensor | None) -> torch.Tensor | N
     nan = torch.full_like(like, float("nan"))
     columns = [nan if target is None else target.to(like) for target in (valence, arousal)]
     return torch.stack(columns, dim=-1)
+
+
+def _check_emotion_targets(emotion_labels, valence, arousal, batch_size: int, num_emotions: int) -> None:
+    """Emotion targets a training script can get wrong, refused with their name before they reach a loss."""
+    if emotion_labels is not None:
+        if emotion_labels.shape != (batch_size,) or emotion_labels.is_floating_point():
+            raise ValueError(f"emotion_labels must be integer indices of shape ({batch_size},), one per sample, got "
+                             f"{emotion_labels.dtype} of shape {tuple(emotion_labels.shape)}")
+        bad = (emotion_labels != -100) & ((emotion_labels < 0) | (emotion_labels >= num_emotions))
+        if bad.any():
+            raise ValueError(f"emotion_labels must lie in [0, {num_emotions}) (config.emotion_labels) or be -100, got "
+                             f"{emotion_labels[bad][0].item()}")
+    for name, values in (("valence", valence), ("arousal", arousal)):
+        if values is None:
+            continue
+        if values.shape != (batch_size,):
+            raise ValueError(f"{name} must have shape ({batch_size},), one target per sample, got {tuple(values.shape)}")
+        outside = ~torch.isnan(values) & ~((values >= -1) & (values <= 1))
+        if outside.any():
+            raise ValueError(f"{name} targets must lie in [-1, 1] (NaN: unknown), got {values[outside][0].item()}")
 
 
 def _emotion_loss_parts(pred_valence, pred_arousal, logits, va_targets, emotion_labels):
