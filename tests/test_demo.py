@@ -1,4 +1,4 @@
-"""`vaemotion demo --quick` end to end: the integration test of the whole method (about 3 minutes on 2 cores)."""
+"""`vaemotion demo --quick` end to end: the integration test of the whole method (about 4 minutes on 2 cores)."""
 
 import json
 

@@ -90,8 +90,9 @@ class DemoSettings:
 
 
 FULL = DemoSettings(num_clips=800)
-# The quick run keeps the whole pipeline in about three minutes; it leaves the ablations, four more Stage 2 runs, to
-# the full run, and trains Stage 1 for fewer epochs on fewer clips (see benchmarks/RESULTS.md for what that costs).
+# The quick run keeps the whole pipeline in about four minutes on 2 cores (over its 3-minute goal); it leaves the
+# ablations, four more Stage 2 runs, to the full run, and trains Stage 1 for fewer epochs on fewer clips (see
+# benchmarks/RESULTS.md for what that costs).
 QUICK = DemoSettings(
     num_clips=640, vision_pretrain_epochs=12, sight_epochs=6, stage1_epochs=27, frozen_encoder_stage1_epochs=12,
     stage2_epochs=2, run_ablations=False,
@@ -849,7 +850,7 @@ def run_demo(output_dir: str | os.PathLike = "vaemotion-demo", *, quick: bool = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="vaemotion-demo", help="output folder (default: ./vaemotion-demo)")
     parser.add_argument(
-        "--quick", action="store_true", help="a smaller run without the ablations (about 3 minutes on 2 CPU cores)"
+        "--quick", action="store_true", help="a smaller run without the ablations (about 4 minutes on 2 CPU cores)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
