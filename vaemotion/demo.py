@@ -481,7 +481,8 @@ MINIMUM_COST = 0.02
 
 def ablation_modalities(name: str) -> tuple[str, ...]:
     """The modalities an ablation's verdict reads (in ``MODALITIES`` order)."""
-    return tuple(modality for modality in MODALITIES if any(modality == m for m, _ in ABLATION_COLUMNS[name]))
+    read = {modality for modality, _ in ABLATION_COLUMNS[name]}
+    return tuple(modality for modality in MODALITIES if modality in read)
 
 
 def _interval_text(value) -> str:

@@ -821,7 +821,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
     def _add_emotion_losses(self, result: VAEmotionOutput, emotion_labels, valence, arousal, bottleneck_count):
         if self.emotion_supervisor is None or (emotion_labels is None and valence is None and arousal is None):
             return
-        _check_emotion_targets(emotion_labels, valence, arousal, result.valence.shape[0], len(self.config.emotion_labels))
+        num_emotions = len(self.config.emotion_labels)
+        _check_emotion_targets(emotion_labels, valence, arousal, result.valence.shape[0], num_emotions)
         targets = _va_targets(valence, arousal, result.valence)
         result.va_loss, result.category_loss = _emotion_loss_parts(
             result.valence, result.arousal, result.emotion_logits, targets, emotion_labels
@@ -1000,7 +1001,9 @@ def _check_emotion_targets(emotion_labels, valence, arousal, batch_size: int, nu
         if values is None:
             continue
         if values.shape != (batch_size,):
-            raise ValueError(f"{name} must have shape ({batch_size},), one target per sample, got {tuple(values.shape)}")
+            raise ValueError(
+                f"{name} must have shape ({batch_size},), one target per sample, got {tuple(values.shape)}"
+            )
         outside = ~torch.isnan(values) & ~((values >= -1) & (values <= 1))
         if outside.any():
             raise ValueError(f"{name} targets must lie in [-1, 1] (NaN: unknown), got {values[outside][0].item()}")

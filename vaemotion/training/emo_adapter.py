@@ -42,10 +42,10 @@ in total and per path: ``lm_loss``, ``kd_loss``, ``emo_loss`` (= its ``va_loss``
 
 **Teacher.** The KD teacher is a separate pass of the same model on the visual path as
 [`~vaemotion.training.distill.frozen_visual_pathway`] defines it for both stages (no gradients, Emotion Enhancer
-bypassed, LoRA adapters disabled, dropout off): exactly Stage 1's teacher. Detaching the student's own visual-path forward would be cheaper, but its tokens carry the
-Enhancer's residuals, so the target would move as the adapter trains and the audio student could be pulled along
-with whatever the Enhancer does to the picture; the frozen pathway keeps the anchor that Stage 1 aligned to. It
-also means KD needs no ``"visual"`` entry in ``paths``.
+bypassed, LoRA adapters disabled, dropout off): exactly Stage 1's teacher. Detaching the student's own visual-path
+forward would be cheaper, but its tokens carry the Enhancer's residuals, so the target would move as the adapter
+trains and the audio student could be pulled along with whatever the Enhancer does to the picture; the frozen
+pathway keeps the anchor that Stage 1 aligned to. It also means KD needs no ``"visual"`` entry in ``paths``.
 
 **Trainable set.** The Enhancer and the Supervisor (``set_trainable("emo_adapter")``), plus the audio projector
 with ``train_projector`` and LoRA adapters on the LLM with ``lora_r > 0``; everything else is frozen. Trainable
@@ -424,7 +424,8 @@ def emo_adapter_loss(model, batch: dict, config: EmoAdapterConfig,
     for name, values in per_part.items():
         parts[name] = torch.stack(values).mean()
     loss = sum(
-        math.prod(getattr(config, weight) for weight in weights) * parts[name] * (1.0 if shares is None else shares[kind])
+        math.prod(getattr(config, weight) for weight in weights) * parts[name]
+        * (1.0 if shares is None else shares[kind])
         for name, (weights, kind) in WEIGHTED_PARTS.items()
         if name in parts
     )
