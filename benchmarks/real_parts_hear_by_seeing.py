@@ -14,7 +14,7 @@ teaches a frozen real Whisper base to hear.
 Writes ``results.json`` and ``report.md`` under ``--output`` and prints the table. Run it alone (one torch job at a
 time), after ``python scripts/fetch_real_parts.py``::
 
-    python benchmarks/real_parts_hear_by_seeing.py --output hear_by_seeing   # about 40 minutes on 2 cores
+    python benchmarks/real_parts_hear_by_seeing.py --output hear_by_seeing   # 1.5-2 hours on 2 cores
     python benchmarks/real_parts_hear_by_seeing.py --output smoke --smoke    # two minutes: plumbing only
 """
 

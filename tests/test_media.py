@@ -6,7 +6,7 @@ import pytest
 import soundfile
 from conftest import tone, write_video
 
-from vaemotion.media import VAEmotionInputError, load_audio, load_video, sample_frame_indices
+from vaemotion.media import VAEmotionInputError, load_audio, load_image, load_video, sample_frame_indices
 
 
 AAC_FRAME_SECONDS = 1024 / 44100  # the sync tolerance: one AAC frame of the 44.1 kHz test tracks
@@ -208,3 +208,79 @@ def test_torchcodec_backend_matches_pyav(av_clip):
     np.testing.assert_array_equal(clip.frames, reference.frames)
     np.testing.assert_allclose(clip.timestamps, reference.timestamps)
     assert onset_time(clip.audio, 16000, clip.audio_start) == pytest.approx(1.0, abs=AAC_FRAME_SECONDS)
+
+
+# ------------------------------------------------------------------------------------------------ images
+def bomb_png(path, width=12_000, height=12_000):
+    """A valid 1 x 1 PNG whose header is rewritten to declare ``width`` x ``height`` (a few hundred bytes)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import tracemalloc
+
+    from PIL import Image
+
+    path = bomb_png(tmp_path / "bomb.png")
+    with pytest.warns(Image.DecompressionBombWarning), Image.open(path) as opened:  # at 144 Mpx Pillow only warns
+        assert opened.size == (12_000, 12_000)
+    tracemalloc.start()
+    with pytest.raises(VAEmotionInputError, match=r"bomb.png: the picture is 12000 x 12000 = 144000000 pixels"):
+        load_image(path)
+    assert tracemalloc.get_traced_memory()[1] < 10_000_000  # nothing was decoded
+    tracemalloc.stop()
+    with pytest.raises(VAEmotionInputError, match="max_pixels=1000"):
+        load_image(bomb_png(tmp_path / "small.png", 40, 30), max_pixels=1000)
+    with pytest.raises(VAEmotionInputError, match="small.png: cannot be read as an image"):  # within the limit,
+        load_image(tmp_path / "small.png", max_pixels=1200)  # it is decoded, and its missing rows are named
+
+
+def test_a_picture_at_the_limit_is_decoded(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "at_limit.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(path)
+    assert np.asarray(load_image(path, max_pixels=1200)).tolist()[0][0] == [10, 20, 30]
+    with pytest.raises(VAEmotionInputError, match="max_pixels=1199"):
+        load_image(path, max_pixels=1199)
+    for bad in (0, -5, 1.5, True, "big"):
+        with pytest.raises(VAEmotionInputError, match="max_pixels"):
+            load_image(path, max_pixels=bad)
+
+
+def test_sixteen_bit_pictures_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 257, 32768, 65535]], np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(levels).save(path)
+    with Image.open(path) as opened:
+        clipped = np.asarray(opened.convert("RGB"))[0, :, 0]
+        assert clipped.tolist()[1:] == [255, 255, 255]  # what Pillow alone gives: white
+    loaded = np.asarray(load_image(path))
+    assert loaded.shape == (1, 4, 3)
+    np.testing.assert_array_equal(loaded[0, :, 0], np.round(levels[0] / 257.0).astype(np.uint8))  # 65535 / 257 = 255
+    np.testing.assert_array_equal(loaded[..., 0], loaded[..., 2])
+
+
+@pytest.mark.parametrize("content, message", [(b"not a picture", "cannot be read as an image"), (None, "file not found")])
+def test_unreadable_pictures_are_named(tmp_path, content, message):
+    path = tmp_path / "broken.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VAEmotionInputError, match=f"broken.png: {message}"):
+        load_image(path)
+    with pytest.raises(VAEmotionInputError, match="must be a path or a PIL image"):
+        load_image(3)

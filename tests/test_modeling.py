@@ -228,6 +228,43 @@ def test_supervisor_reads_the_last_prompt_token(qwen_model, tokenizer):
     torch.testing.assert_close(trained_view.emotion_logits.softmax(-1), inference_view.probabilities)
 
 
+@pytest.mark.parametrize("labels_cover", ["the whole sequence", "nothing"])
+def test_supervisor_reads_the_last_prompt_token_however_labels_are_given(qwen_model, tokenizer, labels_cover):
+    """transformers-style labels (``labels=input_ids``) or none at all: the Supervisor still reads the token that
+    ends the generation prompt, as at inference, not position 0 or the answer's last token."""
+    assert qwen_model.config.generation_prompt_ids == tokenizer("<|im_start|>assistant\n").input_ids
+    prompt_inputs = modality_case(tokenizer, "audio")
+    answer = tokenizer(" happy<|im_end|>\n", return_tensors="pt").input_ids
+    full_ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
+    labels = full_ids.clone() if labels_cover == "the whole sequence" else None
+    with_answer = {**prompt_inputs, "input_ids": full_ids, "attention_mask": torch.ones_like(full_ids)}
+    trained_view = qwen_model(**with_answer, labels=labels)
+    inference_view = qwen_model.predict_emotion(**prompt_inputs)
+    torch.testing.assert_close(trained_view.valence, inference_view.valence)
+    torch.testing.assert_close(trained_view.emotion_logits.softmax(-1), inference_view.probabilities)
+
+
+def test_supervisor_position_falls_back_without_a_generation_prompt(tokenizer):
+    """A config without ``generation_prompt_ids`` (a checkpoint from before it existed) keeps the label rule."""
+    model = build_model(tokenizer, generation_prompt_ids=None)
+    prompt_inputs = modality_case(tokenizer, "audio")
+    answer = tokenizer(" happy<|im_end|>", return_tensors="pt").input_ids
+    full_ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
+    labels = full_ids.masked_fill(torch.arange(full_ids.shape[1]) < prompt_inputs["input_ids"].shape[1], -100)
+    trained_view = model(**prompt_inputs | {"input_ids": full_ids, "attention_mask": torch.ones_like(full_ids)},
+                         labels=labels)
+    torch.testing.assert_close(trained_view.valence, model.predict_emotion(**prompt_inputs).valence)
+
+
+def test_generation_prompt_ids_must_be_token_ids():
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match="generation_prompt_ids"):  # the config's type check
+        VAEmotionConfig(generation_prompt_ids=["<|im_start|>"])
+    with pytest.raises(ValueError, match="generation_prompt_ids"):
+        VAEmotionConfig(generation_prompt_ids=[151644, -1])
+
+
 # ------------------------------------------------------------------------------------------------ batching and padding
 def test_mixed_batch_with_left_padding_matches_single_samples(qwen_model, tokenizer):
     texts = [prompt(tokenizer, audio_block(150)), prompt(tokenizer, IMAGE_BLOCK, "what"), prompt(tokenizer)]

@@ -234,3 +234,41 @@ def test_tokenizer_without_audio_tokens_is_refused():
             processor.image_processor, tokenizer_without_audio_tokens(), processor.video_processor,
             processor.feature_extractor,
         )  # fmt: skip
+
+
+IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>What is the mood?"
+
+
+def test_image_paths_get_the_package_errors_and_checks(processor, tmp_path):
+    """Paths handed to the processor are opened by vaemotion.media.load_image, not by transformers/PIL directly."""
+    from PIL import Image
+    from test_media import bomb_png
+
+    with pytest.raises(VAEmotionInputError, match="missing.png: file not found"):
+        processor(images=[str(tmp_path / "missing.png")], text=IMAGE_TEXT)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(VAEmotionInputError, match="corrupt.png: cannot be read as an image"):
+        processor(images=[str(tmp_path / "corrupt.png")], text=IMAGE_TEXT)
+    with pytest.raises(VAEmotionInputError, match="bomb.png: the picture is 12000 x 12000"):
+        processor(images=[str(bomb_png(tmp_path / "bomb.png"))], text=IMAGE_TEXT)
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (64, 64), (200, 100, 0)).save(picture)
+    with pytest.raises(VAEmotionInputError, match="max_pixels=1000"):
+        processor(images=[str(picture)], text=IMAGE_TEXT, max_image_pixels=1000)
+    # a 16-bit grey picture reads as the same picture in 8 bits, not as white
+    grey16, grey8 = tmp_path / "grey16.png", tmp_path / "grey8.png"
+    Image.fromarray(np.full((64, 64), 128 * 257, np.uint16)).save(grey16)
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).convert("RGB").save(grey8)
+    from_16, from_8 = (processor(images=[str(path)], text=IMAGE_TEXT)["pixel_values"] for path in (grey16, grey8))
+    torch.testing.assert_close(from_16, from_8)
+
+
+def test_a_picture_the_vlm_refuses_is_named(processor, tmp_path):
+    """Qwen2-VL's image processor refuses an aspect ratio above 200 in its own words; the error names the file."""
+    from PIL import Image
+
+    fine, thin = tmp_path / "fine.png", tmp_path / "thin.png"
+    Image.new("RGB", (64, 64)).save(fine)
+    Image.new("RGB", (6000, 28)).save(thin)
+    with pytest.raises(VAEmotionInputError, match=r"thin.png: the qwen2_5_vl image processor cannot take .*aspect ratio"):
+        processor(images=[str(fine), str(thin)], text=[IMAGE_TEXT, IMAGE_TEXT])

@@ -115,6 +115,12 @@ def test_ids_embeddings_and_template_match_the_checkpoint(recipe):
     else:  # SmolLM2's own default system prompt, and the same turns as the text-only prompt with the audio block
         assert prompt == text_only.replace("How does it feel?", "<|audio_bos|><|audio_pad|><|audio_eos|>How does it feel?")
     assert "<|audio_bos|><|audio_pad|><|audio_eos|>How does it feel?" in prompt
+    # where the Supervisor reads: the end of the template's generation prompt, the same for model and processor
+    assert model.config.generation_prompt_ids == processor.generation_prompt_ids
+    if family == "qwen2_5_vl":  # <|im_start|>, "assistant", "\n" in Qwen2.5's vocabulary
+        assert model.config.generation_prompt_ids == [151644, 77091, 198]
+    no_prompt = processor.apply_chat_template(messages, add_generation_prompt=False)
+    assert processor.tokenizer.decode(model.config.generation_prompt_ids) == prompt[len(no_prompt):]
 
 
 def test_raw_media_through_the_processor_and_the_model(recipe, synth):
@@ -146,6 +152,14 @@ def test_raw_media_through_the_processor_and_the_model(recipe, synth):
             emotion = model.predict_emotion(**inputs).to_list()[0]
         assert out.logits.shape == (1, ids.shape[1], model.get_output_embeddings().weight.shape[0]), name
         assert torch.isfinite(out.logits).all() and set(emotion) >= {"emotion", "valence", "arousal"}, name
+    # transformers-style labels on prompt + answer: the Supervisor still reads the prompt's last token
+    answer = processor.tokenizer(" calm", add_special_tokens=False, return_tensors="pt").input_ids
+    full_ids = torch.cat([ids, answer], dim=1)
+    with torch.no_grad():
+        trained_view = model(**{**inputs, "input_ids": full_ids, "attention_mask": torch.ones_like(full_ids),
+                                "mm_token_type_ids": torch.nn.functional.pad(types, (0, answer.shape[1]))},
+                             labels=full_ids)
+        torch.testing.assert_close(trained_view.valence, model.predict_emotion(**inputs).valence)
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 3 or processor.tokenizer.eos_token_id in generated[0, ids.shape[1]:]
 

@@ -29,6 +29,67 @@ AUDIO_SPECIAL_TOKENS = {
     "audio_bos_token": "<|audio_bos|>",
     "audio_eos_token": "<|audio_eos|>",
 }
+# Used only when the VLM's tokenizer has no chat template of its own: Qwen-style turns with typed image, video and
+# text parts (audio parts arrive as text, see processing_vaemotion.AUDIO_BLOCK).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}"
+    "{{ part['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def chat_template_of(tokenizer, chat_template: str | None = None) -> str:
+    """The chat template VAEmotion renders with: the one given (a VLM processor's), else the tokenizer's, else
+    [`DEFAULT_CHAT_TEMPLATE`]. The processor and the model builder both choose it here."""
+    return chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
+def generation_prompt_ids(tokenizer, chat_template: str) -> list[int]:
+    """Token ids a chat template appends with ``add_generation_prompt=True``: what opens the assistant's turn
+    (``<|im_start|>assistant\\n`` in Qwen's template, `` ASSISTANT:`` in LLaVA 1.5's); empty when it appends nothing.
+
+    Found by rendering one user turn with and without the prompt and tokenizing both, so that the ids are the ones
+    the prompt gets in context (a BPE merge across its left edge would change them if it were tokenized alone).
+    """
+    renders = None
+    # a text LLM's template wants string contents, a VLM's may want typed parts
+    for content in ("x", [{"type": "text", "text": "x"}]):
+        conversation = [{"role": "user", "content": content}]
+        try:
+            renders = [
+                tokenizer.apply_chat_template(conversation, chat_template=chat_template, tokenize=False,
+                                              add_generation_prompt=prompt)
+                for prompt in (False, True)
+            ]
+            break
+        except Exception:  # noqa: BLE001 - a template that rejects this content form: try the other
+            continue
+    if renders is None or not renders[1].startswith(renders[0]) or renders[1] == renders[0]:
+        return []
+    without, with_prompt = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in renders)
+    if with_prompt[: len(without)] == without:
+        return with_prompt[len(without):]
+    return tokenizer(renders[1][len(renders[0]):], add_special_tokens=False)["input_ids"]
+
+
 # mm_token_type_ids as transformers processors write them: 0 text, 1 image, 2 video, 3 audio.
 IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE, AUDIO_TOKEN_TYPE = 1, 2, 3
 

@@ -46,6 +46,12 @@ class VAEmotionConfig(PreTrainedConfig):
             Config of the audio encoder (default Whisper; only its encoder is used).
         audio_token_id / audio_bos_token_id / audio_eos_token_id (`int`):
             Ids of `<|audio_pad|>` (the placeholder audio features are scattered into), `<|audio_bos|>`, `<|audio_eos|>`.
+        generation_prompt_ids (`list[int]`, *optional*):
+            Ids of the tokens the chat template appends to open the assistant's turn (`add_generation_prompt`;
+            `<|im_start|>assistant\n` for Qwen). The Emotion Supervisor reads the LLM state at the last of them, the
+            last prompt token, however `labels` are given. Set from the chat template by `from_vlm_and_audio_pretrained`
+            (`VAEmotionProcessor.generation_prompt_ids` gives the same list); without it, the token before the
+            first supervised label or the last attended token.
         audio_pool_stride (`int`, defaults to 2):
             Temporal average pooling after the encoder: 50 Whisper frames per second become 25 tokens per second.
         projector_hidden_size (`int`, *optional*):
@@ -90,6 +96,7 @@ class VAEmotionConfig(PreTrainedConfig):
     audio_token_id: int = 151665
     audio_bos_token_id: int = 151666
     audio_eos_token_id: int = 151667
+    generation_prompt_ids: list[int] | None = None
     audio_pool_stride: int = 2
     projector_hidden_size: int | None = None
     enhancer_bottleneck_size: int = 64
@@ -115,6 +122,8 @@ class VAEmotionConfig(PreTrainedConfig):
             raise ValueError(f"emotion_labels must be at least 2 distinct names, got {self.emotion_labels}")
         if self.audio_pool_stride < 1:
             raise ValueError(f"audio_pool_stride must be >= 1, got {self.audio_pool_stride}")
+        if self.generation_prompt_ids is not None and any(i < 0 for i in self.generation_prompt_ids):
+            raise ValueError(f"generation_prompt_ids must be token ids (>= 0), got {self.generation_prompt_ids}")
         if self.enhancer_bottleneck_size < 1:
             raise ValueError(f"enhancer_bottleneck_size must be >= 1, got {self.enhancer_bottleneck_size}")
 

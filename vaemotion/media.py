@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import av
@@ -78,6 +79,95 @@ class VideoClip:
     audio_start: float | None
     metadata: VideoMetadata = field(repr=False)
     path: str | None = None
+
+
+# Pictures larger than this are refused from their header, before any pixel is decoded (a 64 Mpx RGB picture is
+# about 200 MB decoded). A decompression-bomb PNG of a few kilobytes can declare 150 Mpx and more; Pillow itself
+# only warns below about 179 Mpx.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+
+
+def load_image(image, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    """An RGB `PIL.Image` from a path (or `os.PathLike`) or a `PIL.Image`, with the package's errors.
+
+    The picture's size is read from the file's header and checked against ``max_pixels`` (None: no limit) before it
+    is decoded. EXIF orientation is applied, as transformers' `load_image` does. Pictures with more than 8 bits per
+    sample (16-bit grey PNGs, 32-bit integer or float TIFFs) are scaled to 8 bits over their own bit depth (16-bit:
+    65535 is white) instead of being clipped to white, which is what Pillow's ``convert("RGB")`` does.
+
+    ```python
+    >>> import tempfile, numpy as np
+    >>> from PIL import Image
+    >>> from vaemotion.media import load_image
+
+    >>> path = tempfile.mktemp(suffix=".png")
+    >>> Image.fromarray(np.full((2, 3), 32768, np.uint16)).save(path)  # a mid-grey 16-bit picture
+    >>> np.asarray(load_image(path))[0, 0].tolist()
+    [128, 128, 128]
+    >>> load_image(path, max_pixels=5)
+    Traceback (most recent call last):
+    ...
+    vaemotion.media.VAEmotionInputError: ...: the picture is 3 x 2 = 6 pixels, more than max_pixels=5 ...
+    ```
+    """
+    from PIL import Image, ImageOps
+
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise VAEmotionInputError(f"max_pixels: must be a positive whole number or None, got {max_pixels!r}")
+    if isinstance(image, Image.Image):
+        _check_image_size(image, max_pixels, "image")
+        return _image_to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if not isinstance(image, str):
+        raise VAEmotionInputError(f"image: must be a path or a PIL image, got {type(image).__name__}")
+    _check_file(image)
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the size is checked here, with the file named
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(image)  # reads the header only
+        with opened:
+            _check_image_size(opened, max_pixels, image)
+            opened.load()
+            return _image_to_rgb(ImageOps.exif_transpose(opened))
+    except VAEmotionInputError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise VAEmotionInputError(f"{image}: the picture is too large to decode safely ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for unknown, truncated or corrupt files
+        raise VAEmotionInputError(f"{image}: cannot be read as an image ({error})") from None
+
+
+def _check_image_size(image, max_pixels: int | None, name: str) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise VAEmotionInputError(f"{name}: the picture is {width} x {height} pixels: it has no pixels")
+    if max_pixels is not None and width * height > max_pixels:
+        raise VAEmotionInputError(
+            f"{name}: the picture is {width} x {height} = {width * height} pixels, more than max_pixels={max_pixels} "
+            "(raise max_pixels if the picture is meant to be this large)"
+        )
+
+
+def _image_to_rgb(image):
+    """RGB, with samples of more than 8 bits scaled down over their bit depth rather than clipped."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        samples = np.asarray(image).astype(np.float64)
+        if image.mode.startswith("I;16"):
+            full_scale = 65535.0
+        elif image.mode == "I":
+            full_scale = 65535.0 if samples.max(initial=0) <= 65535 else float(2**31 - 1)  # 16-bit PNGs open as "I"
+        else:  # float pictures: [0, 1] if they fit, else their own range
+            full_scale = 1.0 if samples.min(initial=0) >= 0 and samples.max(initial=0) <= 1 else None
+        if full_scale is None:
+            low, high = samples.min(), samples.max()
+            samples = (samples - low) / (high - low if high > low else 1.0)
+        else:
+            samples = samples / full_scale
+        image = Image.fromarray(np.round(np.clip(samples, 0, 1) * 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resample_audio(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

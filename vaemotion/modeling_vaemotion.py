@@ -34,7 +34,15 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .backbones import AUDIO_TOKEN_TYPE, VLMBackbone, audio_token_ids, backbone_for, load_vlm_tokenizer
+from .backbones import (
+    AUDIO_TOKEN_TYPE,
+    VLMBackbone,
+    audio_token_ids,
+    backbone_for,
+    chat_template_of,
+    generation_prompt_ids,
+    load_vlm_tokenizer,
+)
 from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
 
 
@@ -442,6 +450,10 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             tokenizer = _checkpoint_tokenizer(vlm_pretrained_model_name_or_path, vlm.config)
         if tokenizer is not None:
             token_ids = audio_token_ids(tokenizer)
+            config_kwargs.setdefault(
+                "generation_prompt_ids",
+                generation_prompt_ids(tokenizer, _checkpoint_chat_template(vlm_pretrained_model_name_or_path, tokenizer)),
+            )
         else:  # a VLM saved without its tokenizer: the ids after its embedding matrix (say so: a processor differs)
             vocab_size = vlm.config.get_text_config().vocab_size
             token_ids = {f"{name}_id": vocab_size + offset for offset, name in enumerate(("audio_token", "audio_bos_token", "audio_eos_token"))}
@@ -685,8 +697,9 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         valence / arousal (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
             Targets in [-1, 1] (NaN ignored).
         emotion_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Index of the token whose LLM state the Supervisor reads. Default: the last prompt token, i.e. the token
-            before the first supervised label, or the last attended token when there are no labels.
+            Index of the token whose LLM state the Supervisor reads. Default: the last prompt token, found from the
+            chat structure (the end of the last `config.generation_prompt_ids` in `input_ids`) however `labels` are
+            given; without one, the token before the first supervised label, or the last attended token.
         logits_to_keep (`int` or `torch.Tensor`):
             Compute logits only for the last `logits_to_keep` positions (0: all), or for the given positions.
         """
@@ -737,7 +750,9 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             result.lm_loss = self._lm_loss(logits, labels, logits_to_keep, shift_labels)
         if self.emotion_supervisor is not None and is_prefill:
             if emotion_positions is None:
-                emotion_positions = _last_prompt_positions(attention_mask, labels, hidden.shape[1], batch_size)
+                emotion_positions = _last_prompt_positions(
+                    input_ids, attention_mask, labels, self.config.generation_prompt_ids, hidden.shape[1], batch_size
+                )
             state = hidden[torch.arange(batch_size, device=hidden.device), emotion_positions.to(hidden.device)]
             va, result.emotion_logits = self.emotion_supervisor.llm_head(state)
             result.valence, result.arousal = va.unbind(-1)
@@ -931,6 +946,18 @@ def _checkpoint_tokenizer(vlm_path, vlm_config):
     return tokenizer if image_token_id == backbone.image_token_id(vlm_config) else None
 
 
+def _checkpoint_chat_template(vlm_path, tokenizer) -> str:
+    """The chat template [`VAEmotionProcessor.from_vlm_and_audio_pretrained`] takes from the same checkpoint: its
+    processor's, else its tokenizer's, else the default."""
+    from transformers import AutoProcessor
+
+    try:
+        processor_template = getattr(AutoProcessor.from_pretrained(vlm_path), "chat_template", None)
+    except (OSError, ValueError, TypeError):
+        processor_template = None
+    return chat_template_of(tokenizer, processor_template)
+
+
 def _flatten_features(features) -> torch.Tensor:
     """Per-item feature tensors (a tuple, a list or a batched tensor) to one `(tokens, hidden)` matrix."""
     if isinstance(features, torch.Tensor):
@@ -952,18 +979,36 @@ def _sum_per_sample(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     return sums, mask.sum(-1)
 
 
-def _last_prompt_positions(attention_mask, labels, seq_len: int, batch_size: int) -> torch.Tensor:
-    """Index of each sample's last prompt token: before its first supervised label, else its last attended token."""
+def _last_prompt_positions(
+    input_ids, attention_mask, labels, prompt_ids, seq_len: int, batch_size: int
+) -> torch.Tensor:
+    """Index of each sample's last prompt token, read from the chat structure.
+
+    It is the last token of the sample's last generation prompt (``prompt_ids``, e.g. ``<|im_start|>assistant\\n``):
+    what the model reads at inference before answering, whether ``labels`` mask the prompt, cover it
+    (``labels=input_ids``) or are absent. A sample without one (raw text, no ``input_ids``, a config without
+    ``generation_prompt_ids``) falls back to the token before its first supervised label when the labels mask a
+    prompt, else to its last attended token.
+    """
     if attention_mask is not None:
         positions = torch.arange(seq_len, device=attention_mask.device)
         last_attended = (positions * attention_mask.bool()).max(-1).values
     else:
         last_attended = torch.full((batch_size,), seq_len - 1)
-    if labels is None:
-        return last_attended
-    supervised = labels != -100
-    first_label = torch.where(supervised.any(-1), supervised.int().argmax(-1), last_attended.to(labels.device) + 1)
-    return (first_label - 1).clamp(min=0)
+    fallback = last_attended
+    if labels is not None:
+        supervised = labels != -100
+        masks_a_prompt = supervised.any(-1) & ~supervised[:, 0]
+        before_first_label = supervised.int().argmax(-1) - 1
+        fallback = torch.where(masks_a_prompt, before_first_label, last_attended.to(labels.device))
+    if not prompt_ids or input_ids is None or input_ids.shape[1] < len(prompt_ids):
+        return fallback
+    prompt = torch.tensor(prompt_ids, device=input_ids.device)
+    ends = (input_ids.unfold(1, len(prompt_ids), 1) == prompt).all(-1)  # (B, L - k + 1): a prompt starts here
+    if attention_mask is not None:
+        ends &= attention_mask[:, len(prompt_ids) - 1 :].bool()
+    last_end = (torch.arange(ends.shape[1], device=ends.device) * ends).max(-1).values + len(prompt_ids) - 1
+    return torch.where(ends.any(-1), last_end, fallback.to(last_end.device))
 
 
 def _next_token_targets(labels: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:

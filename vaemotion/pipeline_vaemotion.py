@@ -22,6 +22,7 @@ from transformers.image_utils import load_image
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .media import VAEmotionInputError, load_audio
+from .media import load_image as load_media_image
 from .modeling_vaemotion import EmotionPrediction
 
 
@@ -380,8 +381,8 @@ def _load_picture(image):
         image = os.fspath(image)
     if not isinstance(image, str):
         raise VAEmotionInputError(f"image: must be a path, a URL, a PIL image or an array, got {type(image).__name__}")
-    if not image.startswith(("http://", "https://")) and not os.path.isfile(image):
-        raise VAEmotionInputError(f"{image}: file not found")
+    if not image.startswith(("http://", "https://")):
+        return load_media_image(image)  # the header's size is checked before decoding
     try:
         return load_image(image)
     except Exception as error:  # PIL and requests raise many types for unreadable images

@@ -28,14 +28,17 @@ from transformers.video_utils import make_batched_videos
 from .backbones import (
     AUDIO_SPECIAL_TOKENS,
     AUDIO_TOKEN_TYPE,
+    DEFAULT_CHAT_TEMPLATE,
     IMAGE_TOKEN_TYPE,
     VIDEO_FRAMES_MARKER,
     VIDEO_TOKEN_TYPE,
     backbone_for,
+    chat_template_of,
+    generation_prompt_ids,
     load_vlm_tokenizer,
 )
 from .configuration_vaemotion import num_audio_tokens
-from .media import VAEmotionInputError, VideoClip, load_audio, load_video
+from .media import DEFAULT_MAX_IMAGE_PIXELS, VAEmotionInputError, VideoClip, load_audio, load_image, load_video
 
 
 logger = logging.get_logger(__name__)
@@ -43,32 +46,6 @@ logger = logging.get_logger(__name__)
 # What an audio part (and a video's soundtrack) becomes in the text: one placeholder, expanded by the processor to
 # one block per audio window. Audio parts are written into the VLM's own chat template as this text.
 AUDIO_BLOCK = "".join(AUDIO_SPECIAL_TOKENS[name] for name in ("audio_bos_token", "audio_token", "audio_eos_token"))
-
-# Used only when the VLM's tokenizer has no chat template of its own: Qwen-style turns with typed image, video and
-# text parts (audio parts arrive as text, see AUDIO_BLOCK).
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}"
-    "{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 # Video sampling when the call names neither `num_frames` nor `fps` and the video processor has no default:
 # 2 frames per second, as qwen-vl-utils samples for Qwen2.5-VL.
@@ -176,8 +153,14 @@ class VAEmotionProcessor(ProcessorMixin):
         self.vlm_family = vlm_family
         self.vlm_processor_settings = dict(vlm_processor_settings or {})
         self.pad_audio_to_window = pad_audio_to_window
-        template = chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+        template = chat_template_of(tokenizer, chat_template)
         super().__init__(image_processor, tokenizer, video_processor, feature_extractor, chat_template=template, **kwargs)
+
+    @property
+    def generation_prompt_ids(self) -> list[int]:
+        """Token ids that open the assistant's turn in this processor's chat template (`add_generation_prompt`):
+        the model's `config.generation_prompt_ids`, where the Emotion Supervisor reads the prompt."""
+        return generation_prompt_ids(self.tokenizer, self.chat_template)
 
     @property
     def backbone(self):
@@ -375,8 +358,11 @@ class VAEmotionProcessor(ProcessorMixin):
         if text is not None:
             text = list(text)
         return_tensors = kwargs.pop("return_tensors", None)
+        max_image_pixels = kwargs.pop("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+        image_names = None
         if images is not None:
-            images = make_flat_list_of_images(self.image_processor.fetch_images(images))
+            image_names = _image_names(images)
+            images = make_flat_list_of_images(self._fetch_images(images, max_image_pixels))
         clips, videos, kwargs = self._load_videos(videos, use_audio_in_video, kwargs)
         audio, kwargs = self._load_audio(audio, kwargs)
         self._check_placeholders(text, images, videos)
@@ -388,7 +374,16 @@ class VAEmotionProcessor(ProcessorMixin):
         if videos is not None and not self.backbone.takes_videos:
             text, images, videos = self._videos_as_frames(text, images, videos)
             kwargs.pop("videos_kwargs", None)
-        vision = self.vlm_processor(images=images, text=text, videos=videos, return_tensors=return_tensors, **kwargs)
+        try:
+            vision = self.vlm_processor(images=images, text=text, videos=videos, return_tensors=return_tensors, **kwargs)
+        except ValueError as error:
+            culprit = self._refused_image(images, image_names)
+            if culprit is None:
+                raise
+            name, reason = culprit
+            raise VAEmotionInputError(
+                f"{name}: the {self.vlm_family} image processor cannot take this picture ({reason})"
+            ) from error
         data = {key: value for key, value in vision.items() if key != "mm_token_type_ids"}
         if "input_ids" in data:
             data["mm_token_type_ids"] = self._token_types(data["input_ids"])
@@ -406,6 +401,31 @@ class VAEmotionProcessor(ProcessorMixin):
                 token_types[input_ids == token_id] = token_type
             return token_types
         return [[types.get(token_id, 0) for token_id in row] for row in input_ids]
+
+    def _refused_image(self, images, names) -> tuple[str, str] | None:
+        """After the VLM's processor failed: the first picture its image processor refuses on its own (an extreme
+        aspect ratio, a size below its patch), with the reason, so the error can name the file."""
+        if not images:
+            return None
+        if names is None or len(names) != len(images):  # video frames joined the images: number them instead
+            names = [f"picture {index}" for index in range(len(images))]
+        for name, image in zip(names, images):
+            try:
+                self.image_processor(images=[image])
+            except ValueError as error:
+                return name, str(error)
+        return None
+
+    def _fetch_images(self, images, max_pixels: int | None):
+        """Image paths and PIL images through [`~vaemotion.media.load_image`] (the package's errors, the pixel
+        limit read from the header, 16-bit pictures scaled); arrays as they are; URLs through transformers."""
+        if isinstance(images, (list, tuple)):
+            return [self._fetch_images(image, max_pixels) for image in images]
+        if isinstance(images, str) and images.startswith(("http://", "https://")):
+            return self.image_processor.fetch_images(images)
+        if isinstance(images, (str, os.PathLike)) or _is_pil_image(images):
+            return load_image(images, max_pixels=max_pixels)
+        return images
 
     def _load_videos(self, videos, use_audio_in_video: bool, kwargs: dict):
         """Decode video paths into frames + metadata; returns `(clips or None per video, videos, kwargs)`."""
@@ -599,6 +619,28 @@ class VAEmotionProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         names = self.vlm_processor.model_input_names + ["mm_token_type_ids", "input_features", "feature_attention_mask"]
         return list(dict.fromkeys(names))
+
+
+def _image_names(images) -> list[str]:
+    """How errors name each picture of an `images` argument, in the flat order the processor uses: its path, or
+    its position."""
+    flat = []
+
+    def visit(item):
+        if isinstance(item, (list, tuple)):
+            for inner in item:
+                visit(inner)
+        else:
+            flat.append(os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"images[{len(flat)}]")
+
+    visit(images)
+    return flat
+
+
+def _is_pil_image(item) -> bool:
+    from PIL import Image
+
+    return isinstance(item, Image.Image)
 
 
 def _flatten_batch(items, leaf_types: tuple) -> list | None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import LlavaConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, WhisperConfig
 
+from .backbones import chat_template_of, generation_prompt_ids
 from .configuration_vaemotion import VAEmotionConfig
 
 # Qwen2.5-VL's chat and vision specials, plus the three audio tokens VAEmotion adds.
@@ -180,6 +181,7 @@ def tiny_vaemotion_config(tokenizer=None, family: str = "qwen2_5_vl", window_sec
         "enhancer_bottleneck_size": 16,
         "supervisor_hidden_size": 32,
         "projector_hidden_size": 64,
+        "generation_prompt_ids": generation_prompt_ids(tokenizer, chat_template_of(tokenizer)),
     }
     return VAEmotionConfig(
         vlm_config=vlm_builders[family](tokenizer),

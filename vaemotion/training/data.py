@@ -38,10 +38,9 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ..media import VAEmotionInputError, load_audio, load_video
+from ..media import VAEmotionInputError, load_audio, load_image, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -293,10 +292,9 @@ class ClipDataset(Dataset):
 
 def _read_image(path: str) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise ClipDataError(f"{path}: cannot be read as an image ({error})") from None
+        return np.asarray(load_image(path))
+    except VAEmotionInputError as error:
+        raise ClipDataError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
