@@ -163,23 +163,93 @@ def test_stale_cache_is_refused(setup, flags, message):
         build_datasets(model, processor, load_config(setup, *flags))
 
 
-@pytest.mark.parametrize("damage, message", [("partial", "partial teacher cache"), ("corrupt", "corrupt teacher cache")])
-def test_partial_or_corrupt_cache_is_refused(setup, tmp_path, damage, message):
+def test_a_corrupt_cache_is_refused(setup, tmp_path):
     import shutil
 
     copy = tmp_path / "cache"
     shutil.copytree(setup / "cache", copy)
-    if damage == "partial":
-        manifest = json.loads((copy / MANIFEST_NAME).read_text())
-        (copy / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
-    else:
-        shard = next(copy.glob("shard-*.safetensors"))
-        data = bytearray(shard.read_bytes())
-        data[-1] ^= 0xFF
-        shard.write_bytes(bytes(data))
+    shard = next(copy.glob("shard-*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
     model, processor = load(setup)
-    with pytest.raises(TeacherCacheError, match=message):
+    with pytest.raises(TeacherCacheError, match="corrupt teacher cache"):
         build_datasets(model, processor, load_config(setup, "--teacher_cache_dir", str(copy)))
+
+
+def test_training_resumes_an_unfinished_cache(setup, tmp_path):
+    """A build killed before its first shard was listed: training finishes the cache instead of refusing it, and
+    the records are the ones an uninterrupted build wrote."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(setup / "cache", copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    (copy / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False, "num_records": 0, "shards": []}))
+    model, processor = load(setup)
+    build_datasets(model, processor, load_config(setup, "--teacher_cache_dir", str(copy)))
+    assert shard_hashes(copy) == shard_hashes(setup / "cache")
+
+
+def shard_hashes(directory) -> list[str]:
+    manifest = json.loads((Path(directory) / MANIFEST_NAME).read_text())
+    assert manifest["complete"]
+    return [entry["sha256"] for entry in manifest["shards"]]
+
+
+# ------------------------------------------------------------------------------------------------ parallel builds
+KILLED_RANK_SCRIPT = """
+import os, signal, sys
+from vaemotion.cli import main
+from vaemotion.training import teacher_cache
+
+close = teacher_cache.TeacherCacheWriter.close
+
+def close_or_die(self):  # rank 1 is killed as it finishes its share: its part never becomes complete
+    if "rank-00001" in str(self.directory):
+        os.kill(os.getpid(), signal.SIGKILL)
+    close(self)
+
+teacher_cache.TeacherCacheWriter.close = close_or_die
+sys.exit(main(["cache-teacher", *sys.argv[1:]]))
+"""
+
+
+def launch_two_processes(tmp_path, *arguments):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # without GPUs, --multi_gpu starts torch.distributed on gloo (MULTI_CPU)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+
+def test_two_processes_build_the_cache_one_process_builds_and_a_killed_build_resumes(setup, tmp_path):
+    """`accelerate launch` on 2 gloo processes: each runs the teacher on half of the batches. A rank killed
+    (SIGKILL) before its share is complete leaves no complete cache; the relaunch reuses the finished share,
+    recomputes the other, and merges them into shards identical, byte for byte, to a one-process build's."""
+    from vaemotion.training.teacher_cache import cache_is_complete, part_directory
+
+    flags = ["--teacher_batch_size", "1"]  # 4 batches of one example: 2 for each rank
+    reference, parallel = tmp_path / "one_process", tmp_path / "two_processes"
+    assert main(["cache-teacher", str(setup / "stage1.yaml"), *flags, "--teacher_cache_dir", str(reference)]) == 0
+
+    script = tmp_path / "killed_rank.py"
+    script.write_text(KILLED_RANK_SCRIPT)
+    arguments = [str(setup / "stage1.yaml"), *flags, "--teacher_cache_dir", str(parallel)]
+    killed = launch_two_processes(tmp_path, str(script), *arguments)
+    assert killed.returncode != 0
+    assert not cache_is_complete(parallel)
+    assert cache_is_complete(part_directory(parallel, 0, 2)) and not cache_is_complete(part_directory(parallel, 1, 2))
+
+    resumed = launch_two_processes(tmp_path, "-m", "vaemotion.cli", "cache-teacher", *arguments)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "4 records added, 4 examples covered (2 processes)" in resumed.stdout
+    assert shard_hashes(parallel) == shard_hashes(reference)
+    assert sorted(path.name for path in parallel.iterdir()) == [MANIFEST_NAME, "shard-00000.safetensors"]
 
 
 def test_training_builds_a_missing_cache_first(setup, tmp_path):

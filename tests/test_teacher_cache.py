@@ -276,6 +276,72 @@ def test_bad_manifests_are_refused(tmp_path):
         TeacherCache.open(tmp_path, FINGERPRINT)
 
 
+def damaged_entry(entry, **changes):
+    return [{**entry, **changes}]
+
+
+@pytest.mark.parametrize("field, damage, message", [
+    ("fingerprint", lambda good: ["weights", "a" * 64], "fingerprint that is not a mapping"),
+    ("fingerprint", lambda good: {"weights": 3}, "fingerprint that is not a mapping"),
+    ("complete", lambda good: "yes", "'complete' that is not true or false"),
+    ("k", lambda good: True, "'k' that is not a whole number"),
+    ("num_records", lambda good: -1, "'num_records' that is not a whole number"),
+    ("temperature", lambda good: "1.0", "temperature that is not a positive number"),
+    ("shards", lambda good: {"file": "shard-00000.safetensors"}, "'shards' that is not a list"),
+    ("shards", lambda good: ["shard-00000.safetensors"], "shard entry 0 is not an object with exactly"),
+    ("shards", lambda good: damaged_entry(good[0], bytes="12"), "shard entry 0 has a 'bytes' of the wrong type"),
+    ("shards", lambda good: damaged_entry(good[0], num_tokens=2.0), "'num_tokens' of the wrong type"),
+    ("shards", lambda good: damaged_entry(good[0], file="../shard-00000.safetensors"), "outside the cache directory"),
+    ("shards", lambda good: damaged_entry(good[0], sha256="abc"), "sha256 that is not 64 hex digits"),
+])  # fmt: skip
+def test_manifests_of_the_wrong_shape_are_refused_by_name(tmp_path, field, damage, message):
+    """A hand-edited or foreign manifest fails with the cache's error naming the field, when opened and when a
+    writer resumes it, not later with a KeyError or TypeError from inside a lookup."""
+    write_cache(tmp_path, make_records(count=2))
+    rewrite_manifest(tmp_path, **{field: damage(manifest(tmp_path)[field])})
+    with pytest.raises(TeacherCacheError, match=f"corrupt teacher cache.*manifest.json .*{message}"):
+        TeacherCache.open(tmp_path, FINGERPRINT)
+    with pytest.raises(TeacherCacheError, match=message):
+        writer(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parallel builds
+
+
+def test_merged_parts_equal_a_one_writer_cache_byte_for_byte(tmp_path):
+    """Records computed by three processes, each in its own order, merged in the agreed order: the shards of one
+    writer adding them in that order, and the parts deleted. Keys the cache already holds are kept as they are."""
+    records = make_records(count=8)
+    write_cache(tmp_path / "one_writer", records)
+    for target, already in ((tmp_path / "merged", []), (tmp_path / "extended", records[:1])):
+        with writer(target) as cache_writer:
+            for record in already:
+                cache_writer.add(*record)
+        for rank in range(3):
+            with writer(teacher_cache.part_directory(target, rank, 3)) as part:
+                for record in reversed(records[len(already):][rank::3]):
+                    part.add(*record)
+        added = teacher_cache.merge_parts(writer(target), 3, [key for key, *_ in records])
+        assert added == len(records) - len(already)
+        assert_holds(TeacherCache.open(target, FINGERPRINT), records)
+        assert not (target / teacher_cache.PARTS_DIRECTORY).exists()
+    assert shard_bytes(tmp_path / "merged") == shard_bytes(tmp_path / "one_writer")
+
+
+def test_merging_refuses_missing_records_and_unfinished_parts(tmp_path):
+    records = make_records(count=4)
+    with writer(teacher_cache.part_directory(tmp_path, 0, 2)) as part:
+        part.add(*records[0])
+    with pytest.raises(TeacherCacheError, match="no teacher cache.*rank-00001-of-00002"):
+        teacher_cache.merge_parts(writer(tmp_path), 2, [key for key, *_ in records])
+    with writer(teacher_cache.part_directory(tmp_path, 1, 2)) as part:
+        part.add(*records[1])
+    with pytest.raises(TeacherCacheError, match="2 records are in no part"):
+        teacher_cache.merge_parts(writer(tmp_path), 2, [key for key, *_ in records])
+    assert not (tmp_path / MANIFEST_NAME).exists()  # nothing was marked complete
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Validation
 

@@ -6,11 +6,13 @@ and processor, and for every (clip, prompt) of ``train_data`` and ``eval_data`` 
 the response (the teacher's own words from the frames, or the caption) and the teacher's top-k log-probabilities
 at each response position. The cache is keyed by a fingerprint of the frozen visual-path weights, the processor,
 the prompt pool and the response/target settings; an interrupted build is resumed, an existing cache is extended
-with new clips, and a stale one is refused unless ``--overwrite`` is given.
+with new clips, and a stale one is refused unless ``--overwrite`` is given. Under `accelerate launch` every process
+runs the teacher on its share of the clips and the main process merges the shares (see `build_teacher_cache`).
 
 Example::
 
     vaemotion cache-teacher examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml --teacher_top_k 64
+    accelerate launch --num_processes 8 -m vaemotion.cli cache-teacher examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml
     vaemotion train stage1 --config examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml
 """
 
@@ -46,12 +48,15 @@ def run(args) -> int:
 
     set_seed(config.seed)  # as `train stage1` does: a model built from parts gets the same new weights there
     model, processor = load_model_and_processor(config)
-    model.to(PartialState().device)
+    state = PartialState()
+    model.to(state.device)
     datasets = [stage1_dataset(read_clips(source).records, processor, config)
                 for source in [config.train_data] + ([config.eval_data] if config.eval_data else [])]
     fingerprint = teacher_fingerprint(model, processor, config)
     added = build_teacher_cache(model, processor, datasets, config, fingerprint, overwrite=known.overwrite,
                                 progress=not config.disable_tqdm)
     total = sum(len(dataset) for dataset in datasets)
-    print(f"teacher cache {config.teacher_cache_dir}: {added} records added, {total} examples covered")
+    if state.is_main_process:
+        print(f"teacher cache {config.teacher_cache_dir}: {added} records added, {total} examples covered "
+              f"({state.num_processes} process{'es' if state.num_processes > 1 else ''})")
     return 0

@@ -16,6 +16,13 @@ Layout of a cache directory::
     shard-00000.safetensors     records packed per shard: response_ids (T,), topk_logprobs (T, k),
     shard-00001.safetensors     topk_indices (T, k), offsets (n + 1,) int64; the n keys in the header metadata
     ...
+    parts/rank-00001-of-00002/  only during a parallel build: one process's share, a cache of its own
+
+**Parallel builds.** Under several processes each process writes its share of the records to its own part cache
+(:func:`part_directory`), which resumes on its own like any cache; the main process then copies the parts' records
+into the cache in one agreed order with :func:`merge_parts` (so the shards are those a one-process build adding
+records in that order writes) and deletes the parts. A part is only merged once complete, and the cache is only
+marked complete once every record of the order is in it.
 
 **Fingerprint.** The caller describes what produced the cache as ``{component: digest}``, e.g.
 ``{"weights": fingerprint_model(vlm, include=...), "processor": fingerprint_processor(processor),
@@ -52,8 +59,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -67,6 +75,7 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_SHARD_SIZE = 256
 LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SHARD_NAME = "shard-{:05d}.safetensors"
+PARTS_DIRECTORY = "parts"
 _KEYS_METADATA = "vaemotion.teacher_cache.keys"
 _SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int32: "I32",
                        torch.int64: "I64"}
@@ -263,6 +272,7 @@ class TeacherCacheWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         if overwrite:
             (self.directory / MANIFEST_NAME).unlink(missing_ok=True)
+            remove_parts(self.directory)
         elif (self.directory / MANIFEST_NAME).exists():
             self._resume(_read_manifest(self.directory))
         self._remove_unreferenced_files()
@@ -306,6 +316,10 @@ class TeacherCacheWriter:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def keys(self) -> frozenset[CacheKey]:
+        """The keys stored or buffered so far."""
+        return frozenset(self._keys)
 
     def add(
         self,
@@ -432,6 +446,68 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def cache_is_complete(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a manifest marked complete (nothing else is checked: :meth:`TeacherCache.open`
+    does that)."""
+    try:
+        return _read_manifest(Path(directory)).get("complete") is True
+    except TeacherCacheError:
+        return False
+
+
+def part_directory(directory: str | os.PathLike, rank: int, num_processes: int) -> Path:
+    """Where process ``rank`` of ``num_processes`` writes its share of a parallel build of the cache at
+    ``directory``."""
+    return Path(directory) / PARTS_DIRECTORY / f"rank-{rank:05d}-of-{num_processes:05d}"
+
+
+def remove_parts(directory: str | os.PathLike, *, keep_num_processes: int | None = None) -> None:
+    """Delete the part caches of parallel builds at ``directory``, except those of a build on
+    ``keep_num_processes`` processes (which a resumed build of that size reuses)."""
+    parts = Path(directory) / PARTS_DIRECTORY
+    if not parts.is_dir():
+        return
+    keep = (
+        {part_directory(directory, rank, keep_num_processes).name for rank in range(keep_num_processes)}
+        if keep_num_processes
+        else set()
+    )
+    for path in parts.iterdir():
+        if path.name in keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if not any(parts.iterdir()):
+        parts.rmdir()
+
+
+def merge_parts(writer: TeacherCacheWriter, num_processes: int, order: Iterable[CacheKey]) -> int:
+    """Copy the records of a parallel build's parts into ``writer`` in ``order``, close it and delete the parts.
+
+    Every part (``part_directory(writer.directory, rank, num_processes)``) must be complete and carry the writer's
+    fingerprint; every key of ``order`` must be in the writer or in a part (else nothing is closed and a
+    :class:`TeacherCacheError` says how many are missing). Records are added in ``order``, so the shards are those a
+    one-process build adding them in that order writes. Returns the number of records added.
+    """
+    parts = [TeacherCache.open(part_directory(writer.directory, rank, num_processes), writer.fingerprint)
+             for rank in range(num_processes)]  # fmt: skip
+    owner = {key: part for part in parts for key in part}
+    order = list(dict.fromkeys(_checked_key(key) for key in order))
+    missing = [key for key in order if key not in writer and key not in owner]
+    if missing:
+        raise TeacherCacheError(f"cannot merge the parallel build at {writer.directory}: {len(missing)} records are in "
+                                f"no part (first: {missing[0]})")
+    added = 0
+    for key in order:
+        if key not in writer:
+            added += writer.add(key, *owner[key][key])
+    writer.close()
+    remove_parts(writer.directory)
+    return added
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -628,6 +704,46 @@ def _check_format(manifest: dict, directory: Path) -> None:
     if missing or manifest["logprob_dtype"] not in LOGPROB_DTYPES:
         raise TeacherCacheError(f"corrupt teacher cache at {directory}: {MANIFEST_NAME} lacks {missing} or names an "
                                 f"unknown dtype")
+    problem = _manifest_shape_problem(manifest)
+    if problem:
+        raise TeacherCacheError(f"corrupt teacher cache at {directory}: {MANIFEST_NAME} {problem}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_SHARD_ENTRY_FIELDS = {"file": str, "num_records": int, "num_tokens": int, "bytes": int, "sha256": str}
+
+
+def _manifest_shape_problem(manifest: dict) -> str | None:
+    """What is wrong with the types of a manifest's fields (None when nothing), so that a hand-edited or foreign
+    manifest is refused by name rather than failing later inside a lookup."""
+    fingerprint = manifest["fingerprint"]
+    if not isinstance(fingerprint, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in fingerprint.items()):  # fmt: skip
+        return f"has a fingerprint that is not a mapping of component names to digests: {fingerprint!r:.80}"
+    if not isinstance(manifest["complete"], bool):
+        return f"has a 'complete' that is not true or false: {manifest['complete']!r}"
+    for field in ("k", "vocab_size", "shard_size", "num_records"):
+        if not _is_count(manifest[field]):
+            return f"has a {field!r} that is not a whole number >= 0: {manifest[field]!r}"
+    temperature = manifest["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        return f"has a temperature that is not a positive number: {temperature!r}"
+    if not isinstance(manifest["shards"], list):
+        return f"has 'shards' that is not a list: {manifest['shards']!r:.80}"
+    for index, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict) or set(entry) != set(_SHARD_ENTRY_FIELDS):
+            return f"shard entry {index} is not an object with exactly {sorted(_SHARD_ENTRY_FIELDS)}: {entry!r:.120}"
+        for field, kind in _SHARD_ENTRY_FIELDS.items():
+            if (kind is int and not _is_count(entry[field])) or not isinstance(entry[field], kind):
+                return f"shard entry {index} has a {field!r} of the wrong type: {entry[field]!r:.80}"
+        if entry["file"] != Path(entry["file"]).name or not entry["file"].endswith(".safetensors"):
+            return f"shard entry {index} names a file outside the cache directory: {entry['file']!r}"
+        if len(entry["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in entry["sha256"]):
+            return f"shard entry {index} has a sha256 that is not 64 hex digits: {entry['sha256']!r:.80}"
+    return None
 
 
 def _verify_shard_file(path: Path, entry: dict, hash_content: bool = True) -> None:

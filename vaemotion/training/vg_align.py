@@ -98,14 +98,17 @@ from .arguments import (
 )
 from .losses import response_cross_entropy
 from .teacher_cache import (
-    MANIFEST_NAME,
     TeacherCache,
     TeacherCacheError,
     TeacherCacheWriter,
+    cache_is_complete,
     fingerprint_json,
     fingerprint_model,
     fingerprint_processor,
     fingerprint_prompts,
+    merge_parts,
+    part_directory,
+    remove_parts,
 )
 
 logger = logging.getLogger(__name__)
@@ -530,7 +533,6 @@ def open_teacher_cache(config, fingerprint: Mapping[str, str]) -> TeacherCache:
     return TeacherCache.open(config.teacher_cache_dir, fingerprint)
 
 
-@torch.no_grad()
 def build_teacher_cache(
     model,
     processor,
@@ -545,41 +547,74 @@ def build_teacher_cache(
 
     For each example not yet cached: the response (the teacher's own, generated on the visual path, or the
     caption the dataset holds), then one teacher-forced pass on the visual path that keeps the teacher's top-k
-    log-probabilities at each response position. Returns the number of records added.
+    log-probabilities at each response position. Returns the number of records added (the same on every process).
+
+    Under several processes (`accelerate launch`, `torchrun`) every process runs the teacher: the missing examples
+    are cut into teacher batches as one process would cut them, and process ``r`` of ``n`` takes batches ``r, r + n,
+    ...`` into its own part cache, which a killed build resumes. The main process then merges the parts in example
+    order, so the cache holds what a one-process build writes. A resumed build must use the same number of
+    processes to reuse the parts (others are discarded).
     """
-    settings = config.distillation
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
     vocab_size = unwrap(model).config.get_text_config().vocab_size
+    settings = {"k": min(config.teacher_top_k, vocab_size), "temperature": config.temperature, "vocab_size": vocab_size}
+    directory = config.teacher_cache_dir
+    if state.num_processes == 1:
+        with TeacherCacheWriter(directory, fingerprint, overwrite=overwrite, **settings) as writer:
+            return _add_teacher_records(model, processor, datasets, config, writer, writer.keys(), 0, 1, progress)
+
+    writer = None
+    if state.is_main_process:  # resumes or refuses the cache (a stale one stops here, and the launch with it)
+        writer = TeacherCacheWriter(directory, fingerprint, overwrite=overwrite, **settings)
+        remove_parts(directory, keep_num_processes=state.num_processes)
+    [cached] = broadcast_object_list([writer.keys() if writer is not None else None])
+    part = part_directory(directory, state.process_index, state.num_processes)
+    with TeacherCacheWriter(part, fingerprint, **settings) as part_writer:
+        _add_teacher_records(model, processor, datasets, config, part_writer, cached, state.process_index,
+                             state.num_processes, progress and state.is_main_process)  # fmt: skip
+    state.wait_for_everyone()
+    added = None
+    if writer is not None:
+        added = merge_parts(writer, state.num_processes, [ex.cache_key for d in datasets for ex in d.examples])
+    [added] = broadcast_object_list([added])
+    return added
+
+
+@torch.no_grad()
+def _add_teacher_records(
+    model, processor, datasets, config, writer: TeacherCacheWriter, cached, rank: int, num_processes: int,
+    progress: bool,
+) -> int:
+    """Run the teacher on this process's share of the examples whose keys are not in ``cached`` nor ``writer``."""
+    settings = config.distillation
     device = _model_device(model)
-    writer = TeacherCacheWriter(
-        config.teacher_cache_dir,
-        fingerprint,
-        k=min(config.teacher_top_k, vocab_size),
-        temperature=config.temperature,
-        vocab_size=vocab_size,
-        overwrite=overwrite,
-    )
+    size = config.teacher_batch_size
     added = 0
-    with writer:
-        for dataset in datasets:
-            todo = [i for i, example in enumerate(dataset.examples) if example.cache_key not in writer]
-            batches = _item_batches(Subset(dataset, todo), config.teacher_batch_size, config.dataloader_num_workers)
-            for items in _progress(batches, progress, "teacher cache"):
-                responses = [item.get("response_ids") for item in items]
-                if config.response_source == "teacher":
-                    generated = generate_responses(
-                        model, processor, items, max_new_tokens=config.max_response_tokens,
-                        batch_size=len(items), generation_kwargs=config.teacher_generation_kwargs,
-                        system_prompt=config.system_prompt,
-                    )  # fmt: skip
-                    responses = [generated[item["key"]] for item in items]
-                batch, positions, mask = encode_path_batch(processor, items, "visual", responses, config.system_prompt)
-                top = teacher_targets(unwrap(model), _to_device(batch, device), positions.to(device), settings)
-                for row, (item, response) in enumerate(zip(items, responses)):
-                    clip_id, prompt_index = item["key"].rsplit("::", 1)
-                    n = len(response)
-                    added += writer.add(
-                        (clip_id, prompt_index), torch.tensor(response), top.logprobs[row, :n], top.indices[row, :n]
-                    )
+    for dataset in datasets:
+        todo = [i for i, example in enumerate(dataset.examples) if example.cache_key not in cached]
+        batches = [todo[start : start + size] for start in range(0, len(todo), size)][rank::num_processes]
+        mine = [i for batch in batches for i in batch if dataset.examples[i].cache_key not in writer]
+        for items in _progress(_item_batches(Subset(dataset, mine), size, config.dataloader_num_workers), progress,
+                               "teacher cache"):  # fmt: skip
+            responses = [item.get("response_ids") for item in items]
+            if config.response_source == "teacher":
+                generated = generate_responses(
+                    model, processor, items, max_new_tokens=config.max_response_tokens,
+                    batch_size=len(items), generation_kwargs=config.teacher_generation_kwargs,
+                    system_prompt=config.system_prompt,
+                )  # fmt: skip
+                responses = [generated[item["key"]] for item in items]
+            batch, positions, mask = encode_path_batch(processor, items, "visual", responses, config.system_prompt)
+            top = teacher_targets(unwrap(model), _to_device(batch, device), positions.to(device), settings)
+            for row, (item, response) in enumerate(zip(items, responses)):
+                clip_id, prompt_index = item["key"].rsplit("::", 1)
+                n = len(response)
+                added += writer.add(
+                    (clip_id, prompt_index), torch.tensor(response), top.logprobs[row, :n], top.indices[row, :n]
+                )
     return added
 
 
@@ -842,22 +877,23 @@ def build_datasets(model, processor, config) -> tuple[VGAlignDataset, VGAlignDat
     """The train (and eval) datasets of a config, with their responses: from the teacher cache (built here first
     when ``teacher_cache_dir`` has none), from captions, or generated by the teacher and kept in memory.
 
-    In a multi-process run the main process builds a missing cache while the others wait; generated responses are
-    split across processes and gathered.
+    In a multi-process run all processes build a missing or unfinished cache together ([`build_teacher_cache`]);
+    generated responses are split across processes and gathered.
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
 
     state = PartialState()
     sources = [config.train_data] + ([config.eval_data] if config.eval_data else [])
     records = [read_clips(source).records for source in sources]
     if config.teacher_cache_dir:
         fingerprint = teacher_fingerprint(model, processor, config)
-        with state.main_process_first():
-            if state.is_main_process and not (Path(config.teacher_cache_dir) / MANIFEST_NAME).exists():
-                model.to(state.device)
-                sets = [stage1_dataset(clips, processor, config) for clips in records]
-                build_teacher_cache(model, processor, sets, config, fingerprint, progress=not config.disable_tqdm)
+        # decided once, on the main process: every process must take part in the build or none
+        [build] = broadcast_object_list([not cache_is_complete(config.teacher_cache_dir)])
+        if build:
+            model.to(state.device)
+            sets = [stage1_dataset(clips, processor, config) for clips in records]
+            build_teacher_cache(model, processor, sets, config, fingerprint, progress=not config.disable_tqdm)
         cache = open_teacher_cache(config, fingerprint)
         built = [stage1_dataset(clips, processor, config, cache=cache) for clips in records]
     else:
