@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import write_video
+from conftest import assert_killed_run_resumes_to_the_uninterrupted_one, write_video
 from transformers import AutoModel, AutoProcessor
 
 from vaemotion import VAEmotionForConditionalGeneration
@@ -433,6 +433,16 @@ def test_cli_trains_saves_and_resumes(workspace, tmp_path, monkeypatch):
     assert len(steps) == 1  # steps 1-2 came from checkpoint-2
     state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+
+
+def test_sigkill_while_checkpointing_resumes_to_the_uninterrupted_run(workspace, tmp_path):
+    config = {
+        "model_name_or_path": str(workspace / "stage1"), "train_data": str(workspace / "train.jsonl"),
+        "default_question": QUESTION, "num_frames": 4, "use_cpu": True, "per_device_train_batch_size": 2,
+        "max_steps": 6, "save_strategy": "steps", "save_steps": 2, "logging_steps": 1, "report_to": "none",
+        "disable_tqdm": True, "seed": 0,
+    }  # fmt: skip
+    assert_killed_run_resumes_to_the_uninterrupted_one("stage2", config, tmp_path)
 
 
 def test_gradient_accumulation_takes_the_step_of_one_big_batch(workspace, tmp_path):

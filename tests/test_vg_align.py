@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import write_video
+from conftest import assert_killed_run_resumes_to_the_uninterrupted_one, write_video
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
@@ -278,6 +280,77 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, model_dir, clips):
         torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
     final_loss = [[e["loss"] for e in trainer_logs(tmp_path / run) if "loss" in e][-1] for run in ("straight", "resumed")]
     assert final_loss[0] == pytest.approx(final_loss[1], rel=1e-4)
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    """A checkpoint counts once its trainer_state.json (written last) reads; a cut one or none leaves it out."""
+    from vaemotion.training.distill import checkpoint_to_resume, is_complete_checkpoint, last_complete_checkpoint
+
+    for step, state in ((2, '{"global_step": 2}'), (10, '{"global_step": 10}'), (12, '{"global_st'), (14, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-final").mkdir()
+    assert [is_complete_checkpoint(tmp_path / f"checkpoint-{step}") for step in (2, 10, 12, 14)] == [True, True, False, False]
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # by step, not by name order
+    assert checkpoint_to_resume("last", tmp_path) == checkpoint_to_resume("True", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert checkpoint_to_resume("last", tmp_path / "nothing yet") is None  # a first run starts afresh
+    assert checkpoint_to_resume("no", tmp_path) is None and checkpoint_to_resume(None, tmp_path) is None
+
+
+KILLED_WHILE_PUBLISHING = """
+import os, signal, sys
+from vaemotion.training import distill
+
+replace = os.replace
+
+def replace_or_die(source, target):  # killed just before the first entry file would land
+    if os.path.basename(target) == "config.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, target)
+
+os.replace = replace_or_die
+distill.publish_staged_folder(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_final_model_killed_while_moving_in_does_not_look_complete(tmp_path):
+    """The final model is saved to a staging folder and moved in entry files last: SIGKILLed halfway, the output
+    folder has no config.json (an earlier model's is removed first), so nothing loads a mix of two models."""
+    from vaemotion.training.distill import ENTRY_FILES, publish_staged_folder
+
+    output = tmp_path / "out"
+    (output / "checkpoint-2").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (output / name).write_text(f"old {name}")
+
+    def stage():
+        staging = output / ".final-model.tmp"
+        (staging / "adapter").mkdir(parents=True)
+        for name in ("model.safetensors", "adapter/adapter_model.safetensors", *ENTRY_FILES):
+            (staging / name).write_text(f"new {name}")
+        return staging
+
+    script = tmp_path / "publish.py"
+    script.write_text(KILLED_WHILE_PUBLISHING)
+    killed = subprocess.run([sys.executable, str(script), str(stage()), str(output)], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (output / "config.json").exists() and not (output / "processor_config.json").exists()
+    assert (output / "model.safetensors").read_text() == "new model.safetensors" and (output / "checkpoint-2").is_dir()
+    shutil.rmtree(output / ".final-model.tmp")
+    publish_staged_folder(stage(), output)  # the next save completes it
+    assert sorted(path.name for path in output.iterdir()) == sorted(
+        ["adapter", "checkpoint-2", "config.json", "model.safetensors", "processor_config.json"])
+    assert (output / "config.json").read_text() == "new config.json"
+
+
+def test_sigkill_while_checkpointing_resumes_to_the_uninterrupted_run(tmp_path, model_dir, clips):
+    config = yaml.safe_load((REPO / "examples/configs/stage1_tiny.yaml").read_text())
+    config.update(model_name_or_path=model_dir, train_data=clips["folder"], max_steps=6, save_strategy="steps",
+                  save_steps=2, learning_rate=1e-2)
+    assert_killed_run_resumes_to_the_uninterrupted_one("stage1", config, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ answer head

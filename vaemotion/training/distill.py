@@ -11,10 +11,16 @@ positions that predict response tokens (``logits_to_keep`` with explicit positio
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .losses import Teacher, TeacherTopK, distillation_loss, response_cross_entropy, topk_teacher
 
@@ -172,6 +178,19 @@ class LossPartsTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._loss_parts: dict[str, dict[str, tuple]] = {"train": {}, "eval": {}}  # name -> (sum, count)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`, where ``resume_from_checkpoint=True`` means the newest *complete* checkpoint in
+        ``output_dir`` (see [`last_complete_checkpoint`]), not merely the highest-numbered folder, which a process
+        killed while saving leaves half written."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not is_complete_checkpoint(resume_from_checkpoint):
+            raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint}: not a complete checkpoint (no readable "
+                             f"trainer_state.json, which the Trainer writes last: was its save interrupted?)")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def count_loss_items(self, batch: dict) -> dict[str, torch.Tensor]:
         """How many items of each kind (``"tokens"``, ``"samples"``, ...) the loss parts of ``batch`` average over."""
         raise NotImplementedError
@@ -236,3 +255,63 @@ class LossPartsTrainer(Trainer):
         sums.clear()
         means, counts = torch.stack([totals / counts.clamp(min=1), counts]).tolist()  # the one host sync
         return {name: mean for name, mean, count in zip(names, means, counts) if count > 0}
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a Trainer checkpoint folder was written to the end: the Trainer writes the weights, optimizer,
+    scheduler and RNG states first and ``trainer_state.json`` last, so a readable state file with its step means
+    everything before it is there. A process killed mid-save leaves a folder without one (or with a cut one)."""
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The highest-step complete checkpoint (``checkpoint-N``) in ``output_dir``, or None."""
+    if not Path(output_dir).is_dir():
+        return None
+    steps = {int(match[1]): path for path in Path(output_dir).iterdir()
+             if (match := _CHECKPOINT_NAME.match(path.name)) and path.is_dir()}  # fmt: skip
+    for step in sorted(steps, reverse=True):
+        if is_complete_checkpoint(steps[step]):
+            return str(steps[step])
+    return None
+
+
+def checkpoint_to_resume(value: str | None, output_dir: str | os.PathLike) -> str | None:
+    """What a config's ``resume_from_checkpoint`` names: None for none (``false``/``no``/empty), the newest complete
+    checkpoint in ``output_dir`` for ``last``/``true`` (None when there is none yet: a first run starts afresh), or
+    the path given."""
+    if value is None or value.strip().lower() in ("", "false", "no"):
+        return None
+    if value.strip().lower() in ("true", "last"):
+        return last_complete_checkpoint(output_dir)
+    return value
+
+
+STAGING_FOLDER = ".final-model.tmp"
+# from_pretrained starts from these: moved last, so a folder that has them holds everything else already
+ENTRY_FILES = ("config.json", "processor_config.json")
+
+
+def publish_staged_folder(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Move a model saved into ``staging`` into ``output_dir`` so that a process killed on the way never leaves a
+    folder that looks complete: the entry files of an earlier model there are removed first, the weights and other
+    files are moved (each by an atomic rename), and ``config.json`` / ``processor_config.json`` come last.
+    Checkpoint folders and other files already in ``output_dir`` are kept."""
+    staging, output_dir = Path(staging), Path(output_dir)
+    for name in ENTRY_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    entries = [path for path in staging.iterdir() if path.name not in ENTRY_FILES]
+    for path in entries + [staging / name for name in ENTRY_FILES if (staging / name).exists()]:
+        target = output_dir / path.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(path, target)
+    staging.rmdir()

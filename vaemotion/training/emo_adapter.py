@@ -83,7 +83,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from transformers import AutoConfig, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..benchmark.functional import concordance_correlation_coefficient, f1_scores
 from ..modeling_vaemotion import VAEmotionOutput
@@ -100,7 +99,7 @@ from .data import (
     response_positions,
     tokenize_response,
 )
-from .distill import LossPartsTrainer, emotion_enhancer_bypassed, teacher_targets
+from .distill import LossPartsTrainer, checkpoint_to_resume, emotion_enhancer_bypassed, teacher_targets
 from .arguments import VAEmotionTrainingArguments, finish_trainable_setup, load_model_and_processor
 from .losses import (
     VA_LOSS_KINDS,
@@ -110,10 +109,7 @@ from .losses import (
     response_cross_entropy,
     valence_arousal_loss,
 )
-from .vg_align import (
-    resume_argument,
-    save_final_model,
-)
+from .vg_align import save_final_model
 
 # Paths distilled from the visual teacher: the ones that hear.
 STUDENT_PATHS = ("audio", "audio_visual")
@@ -614,10 +610,7 @@ def train_from_config(config: EmoAdapterConfig) -> str:
     the adapter under ``output_dir/adapter``.
     """
     trainer = build_trainer(config)
-    resume = resume_argument(config.resume_from_checkpoint)
-    if resume is True and get_last_checkpoint(config.output_dir) is None:
-        resume = None
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir))
     save_final_model(trainer, trainer.processing_class, config.output_dir)
     return config.output_dir
 

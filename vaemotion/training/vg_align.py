@@ -59,6 +59,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,6 @@ from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..configuration_vaemotion import num_encoder_frames
 from .data import (
@@ -83,10 +83,13 @@ from .data import (
 )
 from .distill import (
     DistillationSettings,
+    STAGING_FOLDER,
     LossPartsTrainer,
-    frozen_visual_pathway,
     cached_teacher,
+    checkpoint_to_resume,
+    frozen_visual_pathway,
     peft_or_model,
+    publish_staged_folder,
     student_distillation,
     teacher_targets,
     unwrap,
@@ -930,7 +933,20 @@ def save_final_model(trainer: VGAlignTrainer, processor, output_dir: str) -> Non
 
     With LoRA, the adapter (with the fully trained modules) goes to ``output_dir/adapter`` and the merged model to
     ``output_dir``; under FSDP/DeepSpeed only the adapter is written (merge it offline with ``merge_and_unload``).
+    Everything is written to a staging folder first and then moved in with [`publish_staged_folder`]: a process
+    killed while saving leaves no folder that looks complete.
     """
+    staging = Path(output_dir) / STAGING_FOLDER
+    if trainer.args.should_save and staging.exists():  # what a killed save left
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    _save_trained_model(trainer, processor, str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        publish_staged_folder(staging, output_dir)
+
+
+def _save_trained_model(trainer: VGAlignTrainer, processor, output_dir: str) -> None:
     from peft import PeftModel
 
     model = peft_or_model(trainer.model)
@@ -940,18 +956,12 @@ def save_final_model(trainer: VGAlignTrainer, processor, output_dir: str) -> Non
     adapter_dir = str(Path(output_dir) / "adapter")
     trainer.save_model(adapter_dir)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        logger.warning(f"sharded training: saved the LoRA adapter to {adapter_dir}; merge it with merge_and_unload")
+        logger.warning("sharded training: saved only the LoRA adapter (adapter/); merge it with merge_and_unload")
         return
     if trainer.args.should_save:
         merged = model.merge_and_unload()
         merged.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-
-
-def resume_argument(value: str | None):
-    if value is None or value.lower() in ("", "false", "no"):
-        return None
-    return True if value.lower() in ("true", "last") else value
 
 
 def train_from_config(config: VGAlignConfig) -> str:
@@ -983,10 +993,7 @@ def train_from_config(config: VGAlignConfig) -> str:
               f"{len(train_set)} training examples ({len(train_set.records)} clips x prompts) on "
               f"{config.world_size} process{'es' if config.world_size > 1 else ''}"
               + (", teacher from cache" if train_set.cache is not None else ""))
-    resume = resume_argument(config.resume_from_checkpoint)
-    if resume is True and get_last_checkpoint(config.output_dir) is None:
-        resume = None
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir))
     detach_answer_head(unwrap(trainer.model))
     save_final_model(trainer, processor, config.output_dir)
     if main:
