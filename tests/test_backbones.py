@@ -256,3 +256,19 @@ def test_top_level_processing_kwargs_reach_the_processor():
     nested = processor.apply_chat_template(conversations[1], tokenize=True, return_dict=True,
                                            processor_kwargs={"return_tensors": "pt"})  # fmt: skip
     assert isinstance(as_lists["input_ids"], list) and nested["input_ids"][0].tolist() == as_lists["input_ids"][0]
+
+
+def test_model_references_that_cannot_load_are_named(tmp_path):
+    from vaemotion.backbones import check_model_reference
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    check_model_reference(tmp_path / "model", "model_name_or_path")
+    check_model_reference("Qwen/Qwen2.5-VL-7B-Instruct", "model_name_or_path")  # a hub id: its loader decides
+    with pytest.raises(ValueError, match=r"model_name_or_path: .*/missing/model: no such model folder"):
+        check_model_reference(str(tmp_path / "missing" / "model"), "model_name_or_path")
+    with pytest.raises(ValueError, match="vlm_name_or_path: ./stage1: no such model folder"):
+        check_model_reference("./stage1", "vlm_name_or_path")
+    with pytest.raises(ValueError, match=r"model: .*empty is a folder without config.json"):
+        check_model_reference(tmp_path / "empty", "model")

@@ -286,6 +286,13 @@ def test_empty_metadata_is_an_error(data_dir, offline_isolated_cache):
         load_artemo("audio_only", data_dir, cache_dir=offline_isolated_cache)
 
 
+def test_metadata_that_is_not_utf8_is_an_error(data_dir, offline_isolated_cache):
+    text = "\n".join(json.dumps(record, ensure_ascii=False) for record in base_records()) + "\n"
+    (data_dir / "metadata.jsonl").write_text(text, encoding="utf-16")
+    with pytest.raises(ArtEmoValidationError, match=r"metadata.jsonl:\n  - not UTF-8 text"):
+        load_artemo("audio_only", data_dir, cache_dir=offline_isolated_cache)
+
+
 # ---------------------------------------------------------------------------------------------------- cache
 
 

@@ -103,6 +103,9 @@ def count_forwards(model):
         ({"w_emo": -1.0}, "w_emo must be >= 0"),
         ({"divergence": "kl"}, "divergence must be one of"),
         ({"answer_template": "{mood}"}, "answer_template may only name"),
+        ({"answer_template": "{valence:d}"}, r"answer_template '\{valence:d\}' cannot be filled with a clip's labels"),
+        ({"answer_template": "{emotion:.2f}"}, "cannot be filled with a clip's labels"),
+        ({"paths": "audio"}, r"paths must be a list .*got the string 'audio' \(write \['audio'\]\)"),
         ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
         ({"model_dtype": "int8"}, "model_dtype must be one of"),
     ],
@@ -152,6 +155,13 @@ def test_bad_labels_are_refused(workspace, tmp_path, line, message):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text(json.dumps({"video": str(workspace / "b0.mp4"), **line}) + "\n")
     with pytest.raises(ClipDataError, match=message):
+        read_emotion_clips(str(manifest), EMOTIONS)
+
+
+def test_a_manifest_that_is_not_utf8_is_named(workspace, tmp_path):
+    manifest = tmp_path / "utf16.jsonl"
+    manifest.write_text(json.dumps({"video": str(workspace / "b0.mp4"), "emotion": "happy"}) + "\n", encoding="utf-16")
+    with pytest.raises(ClipDataError, match=r"utf16.jsonl: not UTF-8 text .* at byte 0\); save it as UTF-8"):
         read_emotion_clips(str(manifest), EMOTIONS)
 
 

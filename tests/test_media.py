@@ -93,6 +93,16 @@ def test_bad_audio_arrays(bad, match):
         load_audio(bad)
 
 
+def test_bfloat16_tensors_load_and_ragged_lists_are_named():
+    import torch
+
+    samples = torch.linspace(-0.5, 0.5, 160)
+    loaded = load_audio({"array": samples.to(torch.bfloat16), "sampling_rate": 16000})
+    np.testing.assert_allclose(loaded, samples.to(torch.bfloat16).float().numpy())
+    with pytest.raises(VAEmotionInputError, match="audio must be a rectangular array of samples"):
+        load_audio({"array": [[0.0, 0.1], [0.2]], "sampling_rate": 16000})
+
+
 @pytest.mark.parametrize("rate", [0, -8000, 16000.5])
 def test_a_bad_target_sampling_rate_is_named(rate):
     with pytest.raises(VAEmotionInputError, match=f"sampling_rate must be a positive whole number of Hz, got {rate}"):
@@ -180,6 +190,25 @@ def test_frame_counts():
         sample_frame_indices(20, 10.0, num_frames=30)
     with pytest.raises(VAEmotionInputError, match="num_frames and fps"):
         sample_frame_indices(20, 10.0, num_frames=2, fps=1.0)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"num_frames": "4"}, "num_frames: must be a whole number"),
+        ({"num_frames": 2.0}, "num_frames: must be a whole number"),
+        ({"fps": float("inf")}, "fps: must be a finite number"),
+        ({"fps": "2"}, "fps: must be a finite number"),
+        ({"frame_multiple": 0}, "frame_multiple: must be a whole number >= 1, got 0"),
+    ],
+)
+def test_bad_frame_sampling_arguments_are_named(av_clip, arguments, message):
+    with pytest.raises(VAEmotionInputError, match=message):
+        load_video(av_clip, **arguments)
+    with pytest.raises(VAEmotionInputError, match=message):
+        sample_frame_indices(20, 10.0, **arguments)
+    with pytest.raises(VAEmotionInputError, match="video: must be a path to a video file, got NoneType"):
+        load_video(None)
 
 
 def test_bad_video_files(tmp_path, av_clip):

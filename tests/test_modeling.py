@@ -541,3 +541,29 @@ def test_bad_emotion_targets_are_named_before_they_reach_a_loss(tokenizer, targe
         model(**inputs, **targets)
     unknown = model(**inputs, valence=torch.tensor([float("nan")]), emotion_labels=torch.tensor([-100]))
     assert unknown.va_loss is None and unknown.category_loss is None  # NaN and -100 mean "unknown", not an error
+
+
+def _without(inputs: dict, key: str) -> dict:
+    return {name: value for name, value in inputs.items() if name != key}
+
+
+@pytest.mark.parametrize(
+    "case, damage, message",
+    [
+        ("audio", lambda x: {**x, "input_features": x["input_features"][:, :-3]},
+         r"input_features has \d+ mel bins but the audio encoder takes \d+: .*feature_size="),
+        ("audio", lambda x: {**x, "feature_attention_mask": x["feature_attention_mask"][:, :-1]},
+         r"feature_attention_mask must be \(num_windows, frames\)"),
+        ("image", lambda x: _without(x, "image_grid_thw"), "pixel_values needs image_grid_thw beside it"),
+        ("image", lambda x: {**x, "image_grid_thw": torch.tensor([[1, 4, 8]])},
+         r"pixel_values has shape \(16, 1176\) but image_grid_thw describes 32 patch rows"),
+        ("image", lambda x: {**x, "image_grid_thw": torch.tensor([1, 4, 4])}, r"integer \(num_pictures, 3\) tensor"),
+        ("video", lambda x: _without(x, "video_grid_thw"), "pixel_values_videos needs video_grid_thw beside it"),
+    ],
+)  # fmt: skip
+def test_malformed_media_inputs_are_named_before_they_reach_a_tower(tokenizer, case, damage, message):
+    """What a training script can get wrong at the model's door: another encoder's mel bins, a mask of the wrong
+    shape, Qwen pixels without (or with another call's) patch grids. Before: conv and attribute errors."""
+    model = build_model(tokenizer)
+    with pytest.raises(ValueError, match=message):
+        model(**damage(modality_case(tokenizer, case)))

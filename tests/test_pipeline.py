@@ -242,3 +242,37 @@ def test_pipeline_from_a_saved_folder(model, processor, tmp_path, sound):
     assert loaded(sound)["scores"] == pytest.approx(
         pipeline("audio-visual-emotion", model=model, processor=processor)(sound)["scores"]
     )
+
+
+def test_a_calls_frame_sampling_replaces_the_pipelines(classifier, av_clip):
+    """The pipeline was built with num_frames=4: a call asking for fps instead gets fps, not 'pass one of them'."""
+    by_fps = classifier(av_clip, modality="audio_visual", fps=2)  # 2 s at 10 fps: the same 4 frames
+    assert by_fps["scores"] == pytest.approx(classifier(av_clip, modality="audio_visual")["scores"])
+    with pytest.raises(VAEmotionInputError, match="num_frames and fps: pass one of them"):
+        classifier(av_clip, num_frames=2, fps=2)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"num_frames": "4"}, "num_frames: must be a whole number, got '4'"),
+        ({"fps": float("nan")}, "fps: must be a finite number"),
+        ({"describe": "no"}, "describe: must be True or False"),
+        ({"generate_kwargs": ["greedy"]}, "generate_kwargs: must be a dict"),
+    ],
+)
+def test_bad_call_arguments_are_named(classifier, av_clip, arguments, message):
+    with pytest.raises(VAEmotionInputError, match=message):
+        classifier(av_clip, **arguments)
+
+
+def test_array_pictures_are_checked_and_grey_ones_taken(classifier, picture, sound):
+    grey = np.asarray(picture.convert("L"))
+    as_rgb = classifier({"image": np.asarray(picture.convert("L").convert("RGB")), "audio": sound})["scores"]
+    assert classifier({"image": grey, "audio": sound})["scores"] == pytest.approx(as_rgb)  # (H, W) grey: made RGB
+    with pytest.raises(VAEmotionInputError, match=r"image: the picture has no pixels \(shape \(0, 0, 3\)\)"):
+        classifier({"image": np.zeros((0, 0, 3), np.uint8), "audio": sound})
+    with pytest.raises(VAEmotionInputError, match=r"image: an array picture must be .* got shape \(2, 56, 56, 3\)"):
+        classifier({"image": np.zeros((2, 56, 56, 3), np.uint8), "audio": sound})
+    with pytest.raises(VAEmotionInputError, match="text: the question must be a string, got int"):
+        classifier({"audio": sound, "text": 5})

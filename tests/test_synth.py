@@ -466,12 +466,23 @@ def test_write_clip_checks_its_input(tmp_path):
         ({"num_clips": 16, "size": 33}, "even"),
         ({"num_clips": 16, "classes": ["rain", "rain", "fire", "city"]}, "distinct"),
         ({"num_clips": 16, "classes": ["rain", "fire", "city"]}, "num_options"),
+        ({"num_clips": 16, "sampling_rate": 100}, "sampling_rate must be a whole number of Hz >= 8000, got 100"),
+        ({"num_clips": 16, "duration": float("nan")}, "duration and fps must be positive finite numbers"),
+        ({"num_clips": 16, "duration": 0.1, "fps": 8.0}, "at least 2 frames"),
+        ({"num_clips": 16, "seed": -1}, "seed must be a whole number >= 0"),
+        ({"num_clips": 16, "num_workers": 0}, "num_workers must be a whole number >= 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_benchmark(tmp_path / "out", progress=False, **kwargs)
     assert not (tmp_path / "out" / "metadata.jsonl").exists()
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(ValueError, match="output_dir: .*out exists and is not a folder"):
+        generate_benchmark(tmp_path / "out", num_clips=16, progress=False)
 
 
 def test_cli_writes_a_benchmark(tmp_path, capsys):

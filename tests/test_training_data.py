@@ -80,6 +80,19 @@ def test_duplicate_ids_and_bad_json_are_refused(clip_folder, tmp_path):
         read_clips(broken)
 
 
+def test_frames_of_different_sizes_are_named(clip_folder, tmp_path):
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    for name, size in (("f0.png", (16, 16)), ("f1.png", (24, 20))):
+        Image.new("RGB", size).save(tmp_path / name)
+    soundfile.write(tmp_path / "sound.wav", np.zeros(16000, np.float32), 16000)
+    manifest = write_manifest(tmp_path / "m.jsonl", [{"id": "odd", "frames": ["f0.png", "f1.png"], "audio": "sound.wav"}])
+    with pytest.raises(ClipDataError, match=r"clip odd: its frames have different sizes \['16x16', '24x20'\]"):
+        ClipDataset(read_clips(manifest).records, num_frames=2)[0]
+
+
 def test_each_path_carries_exactly_its_media(clip_folder, processor):
     clip = ClipDataset(read_clips(clip_folder).records, num_frames=2)[0]
     expected = {

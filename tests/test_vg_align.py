@@ -124,6 +124,10 @@ def trainer_logs(output_dir):
         ({"answer_head_weight": 1.0}, "set train_audio_encoder"),
         ({"answer_head_weight": 1.0, "train_audio_encoder": True, "lora_r": 4}, "not supported with LoRA"),
         ({"answer_head_weight": -1.0}, "answer_head_weight must be >= 0"),
+        ({"teacher_generation_kwargs": {"max_new_tokens": 32}}, r"sets \['max_new_tokens'\]: .*max_response_tokens"),
+        ({"teacher_generation_kwargs": "{do_sample: false}"}, "teacher_generation_kwargs must be a JSON object"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be at least 1, got 0"),
+        ({"gradient_accumulation_steps": -2}, "gradient_accumulation_steps must be at least 1"),
     ],
 )
 def test_config_rejects_bad_fields(tmp_path, model_dir, clips, overrides, message):
@@ -481,6 +485,38 @@ def test_lora_adapter_saves_loads_and_merges(tmp_path, model_dir, clips):
 
 
 # ------------------------------------------------------------------------------------------------ CLI and accelerate
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "config file not found"),
+        (b"learning_rate: [1, 2", "not valid YAML"),
+        ("learning_rate: 1.0e-3\n".encode("utf-16"), "not UTF-8 text"),
+        (b"- a\n- b\n", "must hold a mapping of config fields"),
+        (b"learning_rat: 0.1\n", r"unknown config field\(s\) \['learning_rat'\]"),
+        (b"learning_rate: [1.0e-4]\n", r"learning_rate: \[0.0001\] is not a finite number"),
+        (b"num_frames: 2.5\n", "num_frames: 2.5 is not a whole number"),
+        (b"num_frames: null\n", "num_frames: None is not a whole number"),
+        (b"use_cpu: 2\n", "use_cpu: 2 is not true/false"),
+        (b"train_data: 5\n", "train_data: 5 is not a string or null"),
+        (b"prompts: [describe, 3]\n", r"prompts: \['describe', 3\] is not a list of a string"),
+        (b"lora_alpha: .inf\n", "lora_alpha: inf is not a whole number"),
+    ],
+)  # fmt: skip
+def test_bad_yaml_configs_are_named_before_anything_loads(tmp_path, content, message):
+    """The file and the field are named, and nothing from inside yaml, argparse or torch escapes; strings still
+    go through argparse's conversion (YAML reads 1e-4 without a dot as a string)."""
+    from vaemotion.training.cli import parse_stage_config
+
+    path = tmp_path / "stage1.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit, match=message):
+        parse_stage_config("stage1", ["--config", str(path), "--train_data", "clips.jsonl"])
+    path.write_bytes(b"learning_rate: 1e-4\nnum_frames: '4'\ntrain_data: clips.jsonl\nprompts: [a, b]\nmodel_name_or_path: m\n")
+    _, config = parse_stage_config("stage1", ["--config", str(path)])
+    assert (config.learning_rate, config.num_frames, config.prompts) == (1e-4, 4, ["a", "b"])
+
+
 def test_cli_trains_stage1_from_the_tiny_yaml(tmp_path, model_dir, clips):
     from vaemotion.cli import main
 

@@ -19,6 +19,8 @@ Adding a family is one subclass here and one line in `BACKBONES`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -92,6 +94,21 @@ def generation_prompt_ids(tokenizer, chat_template: str) -> list[int]:
 
 # mm_token_type_ids as transformers processors write them: 0 text, 1 image, 2 video, 3 audio.
 IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE, AUDIO_TOKEN_TYPE = 1, 2, 3
+
+
+def check_model_reference(reference, name: str) -> None:
+    """Refuse, naming ``name``, a model reference that can be neither a saved model folder nor a hub id: a path that
+    does not exist, or a folder without ``config.json``. A hub id (``org/model``) passes: its loader says the rest."""
+    if not isinstance(reference, (str, os.PathLike)):
+        raise ValueError(f"{name}: must be a model folder or hub id, got {type(reference).__name__}")
+    text = os.fspath(reference)
+    if os.path.isdir(text):
+        if not os.path.isfile(os.path.join(text, "config.json")):
+            raise ValueError(f"{name}: {text} is a folder without config.json, not a saved model")
+        return
+    looks_like_path = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.path.exists(text)
+    if looks_like_path:
+        raise ValueError(f"{name}: {text}: no such model folder (a hub id reads 'org/model')")
 
 
 def audio_token_ids(tokenizer) -> dict[str, int]:

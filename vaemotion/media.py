@@ -283,8 +283,12 @@ def _pcm_to_float(data: np.ndarray) -> np.ndarray:
 
 def _array_to_channels_first(samples, name: str) -> np.ndarray:
     if hasattr(samples, "detach"):  # torch tensors, without importing torch here
-        samples = samples.detach().cpu().numpy()
-    samples = np.asarray(samples)
+        samples = samples.detach().cpu()
+        samples = (samples.float() if samples.is_floating_point() else samples).numpy()  # numpy has no bfloat16
+    try:
+        samples = np.asarray(samples)
+    except ValueError as error:  # a ragged list of lists
+        raise VAEmotionInputError(f"{name}: audio must be a rectangular array of samples ({error})") from None
     if samples.dtype.kind not in "iuf":
         raise VAEmotionInputError(f"{name}: audio must be numeric, got dtype {samples.dtype}")
     if samples.ndim == 1:
@@ -329,6 +333,7 @@ def sample_frame_indices(
     rounded down to a multiple of `frame_multiple` (at least one multiple): VLMs such as Qwen2.5-VL group frames in
     pairs (`temporal_patch_size`). A video with fewer frames than `frame_multiple` gives all its frames.
     """
+    _check_sampling_arguments(num_frames, fps, frame_multiple)
     if num_frames is not None and fps is not None:
         raise VAEmotionInputError("num_frames and fps: pass one of them, not both")
     if num_frames is not None:
@@ -345,6 +350,21 @@ def sample_frame_indices(
         count = total_frames
     count = min(max(count // frame_multiple, 1) * frame_multiple, total_frames)
     return np.arange(count, dtype=np.int64) * total_frames // count
+
+
+def _is_whole_number(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_sampling_arguments(num_frames, fps, frame_multiple) -> None:
+    """Types and ranges of the frame-sampling arguments, before any file is opened."""
+    if num_frames is not None and not _is_whole_number(num_frames):
+        raise VAEmotionInputError(f"num_frames: must be a whole number, got {num_frames!r}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float, np.number))
+                            or not math.isfinite(fps)):  # fmt: skip
+        raise VAEmotionInputError(f"fps: must be a finite number of frames per second, got {fps!r}")
+    if not _is_whole_number(frame_multiple) or frame_multiple < 1:
+        raise VAEmotionInputError(f"frame_multiple: must be a whole number >= 1, got {frame_multiple!r}")
 
 
 def load_video(
@@ -380,10 +400,13 @@ def load_video(
         [`VAEmotionInputError`]: missing, unreadable or corrupt file, no video stream, no audio stream while
             `with_audio=True`, a frame count the video cannot give, a sampling rate that is not a positive integer.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise VAEmotionInputError(f"video: must be a path to a video file, got {type(path).__name__}")
     path = os.fspath(path)
     _check_file(path)
     if with_audio:
         _check_sampling_rate(sampling_rate, "sampling_rate")
+    _check_sampling_arguments(num_frames, fps, frame_multiple)
     if backend not in ("auto", "pyav", "torchcodec"):
         raise VAEmotionInputError(f"backend: must be 'auto', 'pyav' or 'torchcodec', got {backend!r}")
     decoders = _torchcodec_decoders() if backend != "pyav" else None

@@ -601,6 +601,20 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             raise ValueError(
                 f"input_features must be (num_windows, num_mel_bins, frames), got shape {tuple(input_features.shape)}"
             )
+        mel_bins = self.config.audio_config.num_mel_bins
+        if input_features.shape[1] != mel_bins:
+            raise ValueError(
+                f"input_features has {input_features.shape[1]} mel bins but the audio encoder takes {mel_bins}: "
+                f"compute them with its own feature extractor (e.g. WhisperFeatureExtractor(feature_size={mel_bins})), "
+                "as VAEmotionProcessor does"
+            )
+        if feature_attention_mask is not None and feature_attention_mask.shape != (
+            input_features.shape[0], input_features.shape[-1]
+        ):
+            raise ValueError(
+                f"feature_attention_mask must be (num_windows, frames) = {tuple(input_features.shape[::2])}, got "
+                f"{tuple(feature_attention_mask.shape)}"
+            )
         if feature_attention_mask is None:
             lengths = torch.full((input_features.shape[0],), input_features.shape[-1], device=input_features.device)
         else:
@@ -641,6 +655,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
     def get_image_features(self, pixel_values: torch.FloatTensor, image_grid_thw=None, **kwargs) -> torch.Tensor:
         """Visual tokens of the VLM's own image pathway, flattened to `(total_image_tokens, hidden_size)`."""
         if self._uses_mrope:
+            _check_patch_grid("pixel_values", pixel_values, "image_grid_thw", image_grid_thw)
             kwargs["image_grid_thw"] = image_grid_thw
         out = self.language_backbone.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
         return _flatten_features(out.pooler_output)
@@ -649,6 +664,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         """Visual tokens of the VLM's video pathway, flattened to `(total_video_tokens, hidden_size)`."""
         if not hasattr(self.language_backbone, "get_video_features"):
             raise ValueError(f"the {self.config.vlm_config.model_type} backbone takes no videos; pass frames as images")
+        if self._uses_mrope:
+            _check_patch_grid("pixel_values_videos", pixel_values_videos, "video_grid_thw", video_grid_thw)
         out = self.language_backbone.get_video_features(
             pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw, return_dict=True, **kwargs
         )
@@ -956,6 +973,21 @@ def _checkpoint_chat_template(vlm_path, tokenizer) -> str:
     except (OSError, ValueError, TypeError):
         processor_template = None
     return chat_template_of(tokenizer, processor_template)
+
+
+def _check_patch_grid(pixels_name: str, pixels: torch.Tensor, grid_name: str, grid) -> None:
+    """Qwen-family vision towers take flat patch rows plus each picture's (t, h, w) patch grid: both must be given and
+    agree, or the tower fails far from the cause."""
+    if grid is None:
+        raise ValueError(f"{pixels_name} needs {grid_name} beside it (each picture's (t, h, w) patch grid, which the "
+                         "processor returns with the pixels)")
+    if grid.dim() != 2 or grid.shape[-1] != 3 or grid.is_floating_point():
+        raise ValueError(f"{grid_name} must be an integer (num_pictures, 3) tensor, got {grid.dtype} "
+                         f"{tuple(grid.shape)}")
+    described = int(grid.prod(-1).sum())
+    if pixels.dim() != 2 or pixels.shape[0] != described:
+        raise ValueError(f"{pixels_name} has shape {tuple(pixels.shape)} but {grid_name} describes {described} patch "
+                         "rows: pass the pixels and grids of the same processor call")
 
 
 def _flatten_features(features) -> torch.Tensor:

@@ -154,17 +154,20 @@ class AudioVisualEmotionPipeline(Pipeline):
             raise VAEmotionInputError(f"modality: must be one of {', '.join(MODALITIES)}, got {modality!r}")
         if prompt is not None and not isinstance(prompt, str):
             raise VAEmotionInputError(f"prompt: must be a string, got {type(prompt).__name__}")
+        if describe is not None and not isinstance(describe, bool):
+            raise VAEmotionInputError(f"describe: must be True or False, got {describe!r}")
+        if generate_kwargs is not None and not isinstance(generate_kwargs, dict):
+            raise VAEmotionInputError(f"generate_kwargs: must be a dict of generate() arguments, got "
+                                      f"{type(generate_kwargs).__name__}")
+        if num_frames is not None and fps is not None:
+            raise VAEmotionInputError("num_frames and fps: pass one of them, not both")
         preprocess_params = {
             key: value
-            for key, value in {
-                "prompt": prompt,
-                "modality": modality,
-                "sampling_rate": sampling_rate,
-                "num_frames": num_frames,
-                "fps": fps,
-            }.items()
+            for key, value in {"prompt": prompt, "modality": modality, "sampling_rate": sampling_rate}.items()
             if value is not None
         }
+        if num_frames is not None or fps is not None:  # both, so a call's choice replaces the pipeline's default
+            preprocess_params.update(num_frames=num_frames, fps=fps)
         forward_params = {}
         if describe is not None:
             forward_params["describe"] = describe
@@ -184,6 +187,8 @@ class AudioVisualEmotionPipeline(Pipeline):
 
     def _request(self, item, prompt, modality, sampling_rate) -> _Request:
         fields = _input_fields(item)
+        if fields.get("text") is not None and not isinstance(fields["text"], str):
+            raise VAEmotionInputError(f"text: the question must be a string, got {type(fields['text']).__name__}")
         text = fields.get("text") or prompt or DEFAULT_PROMPT
         video, image = fields.get("video"), fields.get("image")
         if video is not None and image is not None:
@@ -374,9 +379,12 @@ def _is_pil_image(item) -> bool:
 
 
 def _load_picture(image):
-    """A PIL image or an array as given; paths and URLs are opened, with a clear error when that fails."""
-    if _is_pil_image(image) or isinstance(image, (np.ndarray, torch.Tensor)):
+    """A PIL image, or an array in one of the layouts image processors take; paths and URLs are opened, with a
+    clear error when that fails."""
+    if _is_pil_image(image):
         return image
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return _checked_picture_array(image)
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     if not isinstance(image, str):
@@ -387,6 +395,19 @@ def _load_picture(image):
         return load_image(image)
     except Exception as error:  # PIL and requests raise many types for unreadable images
         raise VAEmotionInputError(f"{image}: cannot be read as an image ({error})") from error
+
+
+def _checked_picture_array(image):
+    """``(H, W)`` grey (made RGB), ``(H, W, C)`` or ``(C, H, W)`` with 1, 3 or 4 channels, and at least one pixel."""
+    shape = tuple(image.shape)
+    if len(shape) == 2:
+        image = image[..., None].repeat(3, axis=-1) if isinstance(image, np.ndarray) else image[..., None].expand(*shape, 3)
+    elif len(shape) != 3 or not (shape[-1] in (1, 3, 4) or shape[0] in (1, 3, 4)):
+        raise VAEmotionInputError(f"image: an array picture must be (height, width), (height, width, channels) or "
+                                  f"(channels, height, width) with 1, 3 or 4 channels, got shape {shape}")
+    if 0 in shape:
+        raise VAEmotionInputError(f"image: the picture has no pixels (shape {shape})")
+    return image
 
 
 def _has_audio_stream(path: str) -> bool:

@@ -266,7 +266,10 @@ def read_metadata(data_dir: str | os.PathLike) -> list[ArtEmoItem]:
     root = Path(data_dir)
     items, problems, first_line_of_id = [], [], {}
     # split on "\n" only: str.splitlines would also break inside JSON strings holding U+2028 and friends
-    lines = metadata_path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = metadata_path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise ArtEmoValidationError(metadata_path, [f"not UTF-8 text ({error.reason} at byte {error.start})"]) from None
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue

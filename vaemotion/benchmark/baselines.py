@@ -45,7 +45,7 @@ from transformers import (
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .. import VAEmotionForConditionalGeneration
-from ..backbones import backbone_for
+from ..backbones import backbone_for, check_model_reference
 from ..configuration_vaemotion import ARTEMIS_EMOTIONS
 from ..processing_vaemotion import VAEmotionProcessor
 from ..training.data import DecodedClip, conversation, encode_prompt, tokenize_response
@@ -300,6 +300,7 @@ def load_adapter(path: str | os.PathLike, *, dtype="auto", device: str | None = 
     >>> adapter.supported_configs  # doctest: +SKIP
     ('audio_only',)
     """
+    check_model_reference(path, "model")
     model_type = AutoConfig.from_pretrained(path).model_type
     return _adapter_class(model_type).from_pretrained(path, dtype=dtype, device=device)
 

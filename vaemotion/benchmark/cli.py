@@ -10,6 +10,7 @@ Qwen2.5-VL), scored on the same items of every config, then freed before the nex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .artemo import CONFIG_NAMES
@@ -70,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from .harness import evaluate_checkpoints, markdown_table, write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise SystemExit(f"--device: {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if os.path.exists(args.output) and not os.path.isdir(args.output):  # before an evaluation that may take hours
+        raise SystemExit(f"--output: {args.output} exists and is not a folder")
+    if not os.path.isfile(os.path.join(args.data_dir, "metadata.jsonl")):  # before any model loads
+        raise SystemExit(f"--data-dir: no metadata.jsonl in {args.data_dir} (see docs/benchmark_layout.md)")
     results = evaluate_checkpoints(
         args.model,
         args.data_dir,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -240,14 +241,32 @@ def read_hidden_cues(data_dir: str | os.PathLike) -> dict[str, list[str]]:
     return {record["clip_id"]: record["hidden"] for record in records}
 
 
-def check_arguments(num_clips: int, test_fraction: float, duration: float, fps: float, size: int, media: str) -> None:
+# The class textures and melodies reach a few kHz; below this they would alias or vanish.
+MIN_SAMPLING_RATE = 8000
+MIN_FRAMES = 2  # Qwen-family VLMs take frames in pairs
+
+
+def check_arguments(
+    num_clips: int, test_fraction: float, duration: float, fps: float, size: int, media: str,
+    sampling_rate: int = 16000, seed: int = 0, num_workers: int = 1, output_dir: str | os.PathLike | None = None,
+) -> None:  # fmt: skip
     """Refuse arguments that cannot give a valid benchmark folder, before any file is written."""
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if duration <= 0 or fps <= 0:
-        raise ValueError(f"duration and fps must be positive, got {duration} and {fps}")
+    if not (math.isfinite(duration) and math.isfinite(fps) and duration > 0 and fps > 0):
+        raise ValueError(f"duration and fps must be positive finite numbers, got {duration} and {fps}")
+    if media == "video" and int(duration * fps) < MIN_FRAMES:
+        raise ValueError(f"duration x fps must give at least {MIN_FRAMES} frames, got {duration} s x {fps} fps")
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate < MIN_SAMPLING_RATE:
+        raise ValueError(f"sampling_rate must be a whole number of Hz >= {MIN_SAMPLING_RATE}, got {sampling_rate!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a whole number >= 1, got {num_workers!r}")
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir: {output_dir} exists and is not a folder")
     if media not in MEDIA_KINDS:
         raise ValueError(f"media must be one of {MEDIA_KINDS}, got {media!r}")
     if size < 8 or (media == "video" and size % 2):
@@ -279,7 +298,7 @@ def generate_benchmark(
     everything). ``num_workers`` > 1 renders clips in that many processes (the same files). Returns a summary
     (counts per split, class, emotion and hidden cue; timing).
     """
-    check_arguments(num_clips, test_fraction, duration, fps, size, media)
+    check_arguments(num_clips, test_fraction, duration, fps, size, media, sampling_rate, seed, num_workers, output_dir)
     classes = check_classes(classes, num_options)
     output_dir = Path(output_dir)
     started = time.perf_counter()

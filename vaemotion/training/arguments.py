@@ -91,6 +91,12 @@ class VAEmotionTrainingArguments(TrainingArguments):
             (0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}"),
             (not self.remove_unused_columns,
              "remove_unused_columns must be False: the collators read decoded clips, not forward() arguments"),
+            (self.per_device_train_batch_size >= 1,
+             f"per_device_train_batch_size must be at least 1, got {self.per_device_train_batch_size}"),
+            (self.per_device_eval_batch_size >= 1,
+             f"per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}"),
+            (self.gradient_accumulation_steps >= 1,
+             f"gradient_accumulation_steps must be at least 1, got {self.gradient_accumulation_steps}"),
         ]
         for holds, message in checks:
             if not holds:
@@ -124,6 +130,11 @@ def load_model_and_processor(config: VAEmotionTrainingArguments, **config_overri
     from ..modeling_vaemotion import VAEmotionForConditionalGeneration
     from ..processing_vaemotion import VAEmotionProcessor
 
+    from ..backbones import check_model_reference
+
+    for name in ("model_name_or_path", "vlm_name_or_path", "audio_name_or_path"):
+        if getattr(config, name, None):
+            check_model_reference(getattr(config, name), name)
     dtype = config.torch_dtype
     if config.model_name_or_path:
         processor = VAEmotionProcessor.from_pretrained(config.model_name_or_path)

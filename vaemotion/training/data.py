@@ -110,7 +110,7 @@ def read_clips(
     elif source.is_file():
         records = [
             _record_from_line(line, number, source, emotion_labels)
-            for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1)
+            for number, line in enumerate(read_utf8(source, ClipDataError).splitlines(), start=1)
             if line.strip()
         ]
     else:
@@ -282,7 +282,7 @@ class ClipDataset(Dataset):
                 clip.frames, clip.video_metadata = decoded.frames, decoded.metadata
             clip.audio = decoded.audio
         elif self.decode_picture and record.frames:
-            clip.frames = np.stack([_read_image(path) for path in record.frames])
+            clip.frames = _stacked_frames(record)
         if self.decode_picture and record.image and clip.frames is None:
             clip.image = _read_image(record.image)
         if self.decode_audio and record.audio:
@@ -290,9 +290,27 @@ class ClipDataset(Dataset):
         return clip
 
 
+def _stacked_frames(record: ClipRecord) -> np.ndarray:
+    """A clip's frame images as one ``(T, H, W, 3)`` array: they must share one size, as a video's frames do."""
+    frames = [_read_image(path) for path in record.frames]
+    sizes = sorted({frame.shape[:2] for frame in frames})
+    if len(sizes) > 1:
+        raise ClipDataError(f"clip {record.id}: its frames have different sizes {[f'{w}x{h}' for h, w in sizes]}; "
+                            "resize them to one size")
+    return np.stack(frames)
+
+
+def read_utf8(path: Path, error_class: type[Exception] = ValueError) -> str:
+    """A text file's content, or ``error_class`` naming the file and the first byte that is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise error_class(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+
+
 def _read_image(path: str) -> np.ndarray:
     try:
-        return np.asarray(load_image(path))
+        return np.array(load_image(path))  # a writable copy: torch warns on read-only arrays
     except VAEmotionInputError as error:
         raise ClipDataError(str(error)) from None
 

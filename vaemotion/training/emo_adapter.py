@@ -200,6 +200,9 @@ class EmoAdapterConfig(VAEmotionTrainingArguments):
 
 
 def _checked_paths(paths: Sequence[str]) -> list[str]:
+    if isinstance(paths, str):
+        raise ValueError(f"paths must be a list of path names from {list(PATHS)}, got the string {paths!r} "
+                         f"(write [{paths!r}])")
     paths = list(paths)
     unknown = [path for path in paths if path not in PATHS]
     if unknown or not paths or len(set(paths)) != len(paths):
@@ -212,6 +215,11 @@ def _check_template(template: str) -> None:
     unknown = sorted(names - set(TEMPLATE_FIELDS))
     if unknown:
         raise ValueError(f"answer_template may only name {list(TEMPLATE_FIELDS)}, got {unknown} in {template!r}")
+    try:  # the labels' own types: a format spec or attribute that does not fit them fails here, not mid-training
+        template.format(emotion="awe", valence=0.5, arousal=-0.5)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise ValueError(f"answer_template {template!r} cannot be filled with a clip's labels (emotion is a string, "
+                         f"valence and arousal numbers): {error}") from None
 
 
 def _template_fields(template: str) -> set[str]:
@@ -251,6 +259,8 @@ def read_emotion_clips(
     Raises [`~vaemotion.training.data.ClipDataError`] for a line out of range, an unknown category, a missing
     media file, a clip with no label at all, or one without an answer the template can produce.
     """
+    _check_template(answer_template)
+    paths = _checked_paths(paths)
     needs_audio = any(path in AUDIO_PATHS for path in paths)
     needs_picture = with_teacher or any(path in PICTURE_PATHS for path in paths)
     records = read_clips(

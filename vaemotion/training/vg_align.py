@@ -192,7 +192,11 @@ class VGAlignConfig(VAEmotionTrainingArguments):
 
     def __post_init__(self):
         if isinstance(self.teacher_generation_kwargs, str):
-            self.teacher_generation_kwargs = json.loads(self.teacher_generation_kwargs)
+            try:
+                self.teacher_generation_kwargs = json.loads(self.teacher_generation_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"teacher_generation_kwargs must be a JSON object, e.g. '{{\"do_sample\": false}}' "
+                                 f"({error.msg} at character {error.pos})") from None
         if self.teacher_generation_kwargs is None:
             self.teacher_generation_kwargs = {"do_sample": False}
         super().__post_init__()
@@ -217,6 +221,9 @@ class VGAlignConfig(VAEmotionTrainingArguments):
         check(self.response_source in RESPONSE_SOURCES,
               f"response_source must be one of {RESPONSE_SOURCES}, got {self.response_source!r}")
         check(isinstance(self.teacher_generation_kwargs, dict), "teacher_generation_kwargs must be a mapping (JSON)")
+        length_keys = sorted(set(self.teacher_generation_kwargs) & {"max_new_tokens", "max_length", "min_new_tokens"})
+        check(not length_keys, f"teacher_generation_kwargs sets {length_keys}: the response length is "
+                               "max_response_tokens (which also bounds the cached and distilled tokens)")
         check(self.teacher_batch_size >= 1, f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
         check(self.teacher_cache_dir is None or self.teacher_top_k is not None,
               "teacher_cache_dir needs teacher_top_k: the cache stores the teacher's top-k log-probabilities "
