@@ -42,6 +42,7 @@ from vaemotion.benchmark.baselines import (
 )
 from vaemotion.benchmark.functional import f1_scores, valence_arousal_metrics
 from vaemotion.benchmark.harness import (
+    EMOTION_PROMPT,
     EMOTION_QUESTIONS,
     _clip_decoder,
     evaluate_adapter,
@@ -323,8 +324,20 @@ def recompute_metrics(lines: list[dict]) -> dict:
         flags = [line[key] for line in lines if line["task"] == task]
         return float(np.mean(flags)) if flags else None
 
-    va = [line for line in lines if line["valence_ref"] is not None and line["arousal_ref"] is not None]
-    labelled = [line for line in lines if line["emotion_ref"] is not None]
+    by_clip = {}
+    for line in lines:
+        by_clip.setdefault(line["clip_id"], []).append(line)
+    prediction_keys = ("valence_pred", "arousal_pred", "emotion_pred", "emotion_probabilities")
+    for clip_lines in by_clip.values():  # one emotion prediction per clip, on each of its items
+        assert all([line[key] for key in prediction_keys] == [clip_lines[0][key] for key in prediction_keys]
+                   for line in clip_lines)  # fmt: skip
+
+    def first_per_clip(has_label):  # each clip once, with the labels of its first labelled item
+        return [next(line for line in clip_lines if has_label(line)) for clip_lines in by_clip.values()
+                if any(has_label(line) for line in clip_lines)]  # fmt: skip
+
+    va = first_per_clip(lambda line: line["valence_ref"] is not None and line["arousal_ref"] is not None)
+    labelled = first_per_clip(lambda line: line["emotion_ref"] is not None)
     expected = {
         "content_acc": accuracy("content", "correct"),
         "emotion_acc": accuracy("emotion", "correct"),
@@ -387,13 +400,45 @@ def test_eval_cli_on_saved_vaemotion_writes_consistent_report(data_dir, saved_mo
         assert [line["id"] for line in config_lines] == [item["id"] for item in benchmark_items()]  # same items
         for key, value in recompute_metrics(config_lines).items():
             assert metrics[key] == pytest.approx(value, nan_ok=True), (config_name, key)
-        assert metrics["counts"] == {"items": 6, "content": 3, "emotion": 3, "va_labelled": 5, "category_labelled": 5}
+        assert metrics["counts"] == {"items": 6, "content": 3, "emotion": 3, "va_clips": 3, "category_clips": 3}
         assert metrics["chance"]["content_acc"] == pytest.approx(1 / 4)
         assert metrics["chance"]["emotion_acc"] == pytest.approx(1 / 3)
     model_rows = [
         row for row in (out / "results.md").read_text().splitlines() if row.startswith(f"| {result['model']} |")
     ]
     assert len(model_rows) == 3 and not any("n/a" in row for row in model_rows)  # every config scored
+
+
+@pytest.mark.parametrize("config_name", ["audio_only", "audio_visual"])
+def test_each_clips_emotion_is_read_once_from_the_fixed_emotion_prompt(data_dir, tokenizer, config_name):
+    """Per clip, not per item: the heads' reading on the clip's items is predict_emotion on the lone fixed emotion
+    prompt with the clip's media (a second code path), whatever the item's own question."""
+    model, processor = build_vaemotion(tokenizer)
+    results = evaluate_model(model, processor, data_dir, configs=[config_name], batch_size=3, num_frames=2,
+                             progress=False)  # fmt: skip
+    adapter = adapter_for(model, processor)
+    rows, clips = decoded_clips(data_dir, config_name)
+    for line, row, clip in zip(results["predictions"], rows, clips):
+        alone = model.predict_emotion(**adapter.encode(clip, config_name, EMOTION_PROMPT))
+        assert line["valence_pred"] == pytest.approx(alone.valence.item(), abs=1e-5), line["id"]
+        assert line["arousal_pred"] == pytest.approx(alone.arousal.item(), abs=1e-5), line["id"]
+    assert "clip" in EMOTION_PROMPT and all(label in EMOTION_PROMPT for label in ARTEMIS_EMOTIONS)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "tpu"], "--device: 'tpu' is not a torch device"),
+        (["--output", "{file}"], "--output: .*report.txt exists and is not a folder"),
+        (["--data-dir", "{empty}"], "--data-dir: no metadata.jsonl in"),
+    ],
+)
+def test_eval_cli_refuses_bad_flags_before_loading_anything(data_dir, tmp_path, flags, message):
+    (tmp_path / "report.txt").write_text("")
+    (tmp_path / "empty").mkdir()
+    flags = [flag.format(file=tmp_path / "report.txt", empty=tmp_path / "empty") for flag in flags]
+    with pytest.raises(SystemExit, match=message):
+        main(["eval", "--model", str(tmp_path / "never_loaded"), "--data-dir", str(data_dir), *flags])
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_omni_thinker", "qwen2_audio", "qwen2_5_vl"])

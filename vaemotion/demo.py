@@ -156,10 +156,11 @@ def write_manifests(data_dir: Path, items: list[dict]) -> dict[str, Path]:
     """Stage 1 (clips only: no labels of any kind) and Stage 2 (clips with emotion labels) manifests of the train
     split, in the training manifest format (paths relative to the manifest).
 
-    Stage 2 asks each clip its emotion item as the benchmark does (question and options), so the fusion it learns
-    is learned in the form it is measured in: trained on the plain question instead, the audio-visual path stayed
-    below the picture alone on the multiple-choice items (benchmarks/RESULTS.md, session 6)."""
-    from .benchmark.harness import item_prompt
+    Stage 2 asks each clip the benchmark's fixed emotion prompt (the question with the eight categories as options,
+    `harness.EMOTION_PROMPT`), where the benchmark reads each clip's valence and arousal, so the fusion it learns is
+    learned in the form it is measured in: trained on the plain question instead, the audio-visual path stayed below
+    the picture alone on the multiple-choice items (benchmarks/RESULTS.md, session 6)."""
+    from .benchmark.harness import EMOTION_PROMPT
 
     stage1 = data_dir / "stage1_train.jsonl"
     stage2 = data_dir / "stage2_train.jsonl"
@@ -168,8 +169,7 @@ def write_manifests(data_dir: Path, items: list[dict]) -> dict[str, Path]:
         for clip_id, item in emotion_items.items():
             one.write(json.dumps({"id": clip_id, "video": item["video"]}) + "\n")
             labels = {key: item[key] for key in ("valence", "arousal", "emotion")}
-            question = item_prompt(item["question"], item["options"])
-            two.write(json.dumps({"id": clip_id, "video": item["video"], **labels, "question": question}) + "\n")
+            two.write(json.dumps({"id": clip_id, "video": item["video"], **labels, "question": EMOTION_PROMPT}) + "\n")
     return {"stage1": stage1, "stage2": stage2}
 
 
@@ -374,7 +374,8 @@ METRICS = ("content_acc", "emotion_acc", "va_ccc")
 @dataclass(frozen=True)
 class ClipScores:
     """One run on one modality config, per test clip (sorted by clip id): whether its content and emotion items were
-    answered right, and the Supervisor's valence/arousal read at its emotion item (``None`` without trained heads).
+    answered right, and the Supervisor's valence/arousal, read once per clip at the benchmark's fixed emotion prompt
+    and carried on each of its items (``None`` without trained heads).
     Every demo figure and interval is a statistic of these, so differences can be bootstrapped paired by clip."""
 
     clip_ids: tuple[str, ...]

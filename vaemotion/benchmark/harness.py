@@ -11,17 +11,19 @@ and the harness records, per option,
 
 The prediction is the argmax (ties go to the first option). No text is generated or parsed, and no judge is used.
 
-**Emotion.** Models with emotion heads (VAEmotion) give valence, arousal and category probabilities from the same
-prefill that scores the options, read at the last prompt token. Models without heads answer three label-word
-questions per clip (scored like the items, with the probabilities a softmax over the options' summed
-log-probabilities):
+**Emotion, per clip.** Valence, arousal and the emotion category are predicted once per clip and config, from one
+fixed prompt, the same in every config (only the media differ): :data:`EMOTION_PROMPT`, the category question with
+the eight ArtEmis labels as options. Models with emotion heads (VAEmotion) give them from that prompt's prefill,
+read at its last token. Models without heads answer it and two more label-word questions (scored like the items,
+with the probabilities a softmax over the options' summed log-probabilities):
 
-- category: the 8 ArtEmis emotion words as options, probabilities over them;
+- category: :data:`EMOTION_PROMPT`, probabilities over the 8 ArtEmis emotion words;
 - valence: ``negative / neutral / positive`` mapped to ``-1 / 0 / +1``, valence = the probability-weighted mean;
 - arousal: ``calm / neutral / excited`` mapped to ``-1 / 0 / +1``, likewise.
 
-Emotion metrics are computed per item over the items that carry the label (valence and arousal together for the
-VA metrics, ``emotion`` for the category F1).
+Emotion metrics are computed over clips, each clip once, with the labels of its first item that carries them
+(valence and arousal together for the VA metrics, ``emotion`` for the category F1): a clip with two items neither
+counts twice nor gets two predictions. Every item line of ``predictions.jsonl`` carries its clip's prediction.
 
 **Outputs** (:func:`write_report`): ``results.json`` (per model and config: accuracies, VA CCC/Pearson/RMSE and
 quadrant accuracy, category macro/weighted F1, counts, chance levels), ``results.md`` (a table),
@@ -53,6 +55,7 @@ from .functional import accuracy_by, f1_scores, valence_arousal_metrics
 
 __all__ = [
     "AROUSAL_WORDS",
+    "EMOTION_PROMPT",
     "EMOTION_QUESTIONS",
     "VALENCE_WORDS",
     "OptionScores",
@@ -95,6 +98,10 @@ TABLE_COLUMNS = (
 def item_prompt(question: str, options: Sequence[str]) -> str:
     """The user text of a multiple-choice item: the question, the options, and how to answer."""
     return f"{question}\nOptions: {'; '.join(options)}.\nAnswer with one of the options."
+
+
+# The one prompt each clip's emotion is read from, in every config (see the module docstring).
+EMOTION_PROMPT = item_prompt(*EMOTION_QUESTIONS["category"])
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -258,6 +265,25 @@ def _has_emotion_label(row: dict) -> bool:
     return row["valence"] is not None or row["arousal"] is not None or row["emotion"] != NO_EMOTION
 
 
+def _clip_emotions(adapter, rows, decode, config_name, batch_size, progress: tqdm, emotion_rows) -> dict[str, dict]:
+    """``{clip_id: emotion}`` from the fixed emotion prompt(s) of each clip in ``emotion_rows`` (row indices)."""
+    if adapter.emotion_source == "heads":
+        queries = [Query(index, EMOTION_PROMPT, tuple(ARTEMIS_EMOTIONS)) for index in emotion_rows]
+        scores = _run_queries(adapter, queries, decode, config_name, batch_size, progress)
+        return {rows[index]["clip_id"]: score.emotion for index, score in zip(emotion_rows, scores)}
+    queries = [
+        Query(index, item_prompt(question, words), words)
+        for index in emotion_rows
+        for question, words in EMOTION_QUESTIONS.values()
+    ]
+    scores = _run_queries(adapter, queries, decode, config_name, batch_size, progress)
+    per_clip = len(EMOTION_QUESTIONS)
+    return {
+        rows[index]["clip_id"]: _word_emotion(*scores[position * per_clip : (position + 1) * per_clip])
+        for position, index in enumerate(emotion_rows)
+    }
+
+
 def _prediction(model_name: str, config_name: str, row: dict, scores: OptionScores, emotion: dict | None) -> dict:
     """One line of predictions.jsonl."""
     line = {
@@ -305,34 +331,23 @@ def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, p
         Query(index, item_prompt(row["question"], row["options"]), tuple(row["options"]))
         for index, row in enumerate(rows)
     ]
-    emotion_rows = []  # one row per clip that carries an emotion label (word questions only)
-    if adapter.emotion_source != "heads":
-        clip_rows = {}
-        for index, row in enumerate(rows):
-            if _has_emotion_label(row):
-                clip_rows.setdefault(row["clip_id"], index)
-        emotion_rows = list(clip_rows.values())
-    word_queries = [
-        Query(index, item_prompt(question, words), words)
-        for index in emotion_rows
-        for question, words in EMOTION_QUESTIONS.values()
-    ]
+    clip_rows = {}  # the first row of each clip that carries an emotion label
+    for index, row in enumerate(rows):
+        if _has_emotion_label(row):
+            clip_rows.setdefault(row["clip_id"], index)
+    emotion_rows = list(clip_rows.values())
+    prompts_per_clip = 1 if adapter.emotion_source == "heads" else len(EMOTION_QUESTIONS)
 
     with tqdm(
-        total=len(item_queries) + len(word_queries),
+        total=len(item_queries) + prompts_per_clip * len(emotion_rows),
         desc=f"{adapter.name} {config_name}",
         unit="prompt",
         disable=not progress,
     ) as bar:
         item_scores = _run_queries(adapter, item_queries, decode, config_name, batch_size, bar)
-        word_scores = _run_queries(adapter, word_queries, decode, config_name, batch_size, bar)
-
-    word_emotion = {}
-    for position, index in enumerate(emotion_rows):
-        scores = word_scores[position * len(EMOTION_QUESTIONS) : (position + 1) * len(EMOTION_QUESTIONS)]
-        word_emotion[rows[index]["clip_id"]] = _word_emotion(*scores)
+        emotions = _clip_emotions(adapter, rows, decode, config_name, batch_size, bar, emotion_rows)
     return [
-        _prediction(adapter.name, config_name, row, scores, scores.emotion or word_emotion.get(row["clip_id"]))
+        _prediction(adapter.name, config_name, row, scores, emotions.get(row["clip_id"]))
         for row, scores in zip(rows, item_scores)
     ]
 
@@ -353,7 +368,7 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
         metrics[f"{task}_acc"] = accuracy["by_task"].get(task)
         metrics[f"{task}_acc_norm"] = accuracy_norm["by_task"].get(task)
 
-    va = [line for line in predictions if line["valence_ref"] is not None and line["arousal_ref"] is not None]
+    va = _first_per_clip(line for line in predictions if line["valence_ref"] is not None and line["arousal_ref"] is not None)
     va_metrics = dict.fromkeys(
         ("valence_ccc", "valence_pearson", "valence_rmse", "arousal_ccc", "arousal_pearson", "arousal_rmse",
          "mean_ccc", "quadrant_accuracy")
@@ -364,7 +379,7 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
         )
     metrics.update(va_metrics)
 
-    labelled = [line for line in predictions if line["emotion_ref"] is not None]
+    labelled = _first_per_clip(line for line in predictions if line["emotion_ref"] is not None)
     category = {"accuracy": None, "macro_f1": None, "weighted_f1": None}
     if labelled:
         category = f1_scores(
@@ -380,12 +395,20 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
             "items": len(predictions),
             "content": tasks.count("content"),
             "emotion": tasks.count("emotion"),
-            "va_labelled": len(va),
-            "category_labelled": len(labelled),
+            "va_clips": len(va),
+            "category_clips": len(labelled),
         },
         chance=chance_levels(predictions),
     )
     return metrics
+
+
+def _first_per_clip(lines) -> list[dict]:
+    """Each clip once: its first line (every line of a clip carries the clip's one emotion prediction)."""
+    first = {}
+    for line in lines:
+        first.setdefault(line["clip_id"], line)
+    return list(first.values())
 
 
 def chance_levels(predictions: Sequence[dict]) -> dict:
