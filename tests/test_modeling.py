@@ -567,3 +567,19 @@ def test_malformed_media_inputs_are_named_before_they_reach_a_tower(tokenizer, c
     model = build_model(tokenizer)
     with pytest.raises(ValueError, match=message):
         model(**damage(modality_case(tokenizer, case)))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda x: {**x, "input_ids": x["input_ids"].float()}, r"input_ids must be an integer \(batch_size"),
+        (lambda x: {**x, "input_ids": x["input_ids"][0]}, r"input_ids must be an integer .* torch.int64 \(\d+,\)"),
+        (lambda x: {**x, "input_ids": x["input_ids"] + 10_000}, r"input_ids must lie in \[0, \d+\)"),
+        (lambda x: {**x, "attention_mask": x["attention_mask"][:, :3]}, r"attention_mask has shape \(1, 3\)"),
+        (lambda x: {**x, "emotion_positions": torch.tensor([10_000])}, r"emotion_positions must be one integer position"),
+    ],
+)
+def test_malformed_token_inputs_are_named(tokenizer, damage, message):
+    model = build_model(tokenizer)
+    with pytest.raises(ValueError, match=message):
+        model(**damage(modality_case(tokenizer, "audio")))

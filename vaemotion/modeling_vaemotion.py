@@ -723,6 +723,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         is_prefill = cache is None or cache.get_seq_length() == 0
+        if is_prefill:  # once per sequence (one host sync), not at every decoding step
+            _check_text_inputs(input_ids, attention_mask, emotion_positions, self.get_input_embeddings().num_embeddings)
         # LM targets already shifted on the full sequence (the Trainer passes them under sequence/context
         # parallelism): they replace `labels` in the LM loss and must not reach the backbone.
         shift_labels = kwargs.pop("shift_labels", None)
@@ -973,6 +975,27 @@ def _checkpoint_chat_template(vlm_path, tokenizer) -> str:
     except (OSError, ValueError, TypeError):
         processor_template = None
     return chat_template_of(tokenizer, processor_template)
+
+
+def _check_text_inputs(input_ids, attention_mask, emotion_positions, vocab_size: int) -> None:
+    """What a script can get wrong about the token inputs, named before an embedding lookup or an index fails."""
+    if input_ids is not None:
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be an integer (batch_size, sequence_length) tensor, got {input_ids.dtype} "
+                             f"{tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the embedding rows), got ids from "
+                             f"{int(input_ids.min())} to {int(input_ids.max())}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                             f"{tuple(input_ids.shape)}: they must match")
+    if emotion_positions is not None and input_ids is not None:
+        length = input_ids.shape[-1]
+        if emotion_positions.shape != (input_ids.shape[0],) or emotion_positions.is_floating_point() or (
+            emotion_positions.numel() and (int(emotion_positions.min()) < 0 or int(emotion_positions.max()) >= length)
+        ):
+            raise ValueError(f"emotion_positions must be one integer position in [0, {length}) per sample, got "
+                             f"{emotion_positions.tolist()}")
 
 
 def _check_patch_grid(pixels_name: str, pixels: torch.Tensor, grid_name: str, grid) -> None:
