@@ -55,6 +55,9 @@ def test_folder_source_reports_and_skips_clips_without_sound(clip_folder, caplog
         ({"video": "a.mp4", "emotion": "joy"}, "unknown emotion 'joy'"),
         ({"video": "a.mp4", "colour": "red"}, "unknown field\\(s\\) \\['colour'\\]"),
         ({"caption": "hello"}, "a clip needs a video, or an image/frames and an audio file"),
+        ({"video": "a.mp4", "id": {"a": 1}}, r"id must be a non-empty string or a whole number, got \{'a': 1\}"),
+        ({"video": "a.mp4", "id": " "}, "id must be a non-empty string"),
+        ({"video": "a.mp4", "image": "a.mp4"}, r"give one picture source of video, image and frames, got \['video', 'image'\]"),
     ],
 )
 def test_manifest_errors_name_line_and_field(clip_folder, tmp_path, row, message):

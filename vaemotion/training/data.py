@@ -146,7 +146,12 @@ def _record_from_line(line: str, number: int, manifest: Path, emotion_labels) ->
         raise ClipDataError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
     row = {key: value for key, value in row.items() if value is not None}
     row.setdefault("id", str(number))
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) or not str(row["id"]).strip():
+        raise ClipDataError(f"{where}: id must be a non-empty string or a whole number, got {row['id']!r}")
     row["id"] = str(row["id"])
+    pictures = [key for key in ("video", "image", "frames") if row.get(key)]
+    if len(pictures) > 1:
+        raise ClipDataError(f"{where}: give one picture source of video, image and frames, got {pictures}")
     for key in ("video", "image", "audio"):
         if key in row:
             row[key] = _existing_media(row[key], manifest.parent, f"{where}: {key}")
