@@ -423,6 +423,13 @@ def test_each_clips_emotion_is_read_once_from_the_fixed_emotion_prompt(data_dir,
         assert line["valence_pred"] == pytest.approx(alone.valence.item(), abs=1e-5), line["id"]
         assert line["arousal_pred"] == pytest.approx(alone.arousal.item(), abs=1e-5), line["id"]
     assert "clip" in EMOTION_PROMPT and all(label in EMOTION_PROMPT for label in ARTEMIS_EMOTIONS)
+    items_only = evaluate_model(model, processor, data_dir, configs=[config_name], batch_size=3, num_frames=2,
+                                progress=False, emotions=False)  # fmt: skip
+    for line, with_emotions in zip(items_only["predictions"], results["predictions"]):
+        assert line["valence_pred"] is None and line["emotion_probabilities"] is None
+        assert line["option_logprobs"] == pytest.approx(with_emotions["option_logprobs"], abs=1e-5)
+    metrics = items_only["configs"][config_name]
+    assert metrics["valence_ccc"] is None and metrics["category_macro_f1"] is None and metrics["content_acc"] is not None
 
 
 @pytest.mark.parametrize(

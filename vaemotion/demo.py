@@ -442,13 +442,13 @@ def evaluate(model_dir: Path, data_dir: Path, settings: DemoSettings, heads_trai
 
     model = AutoModel.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    results = evaluate_model(
+    heads = heads_trained and model.config.use_emotion_supervisor
+    results = evaluate_model(  # untrained heads say nothing: their per-clip emotion prompt is skipped
         model, processor, data_dir, configs=modalities, batch_size=32, num_frames=settings.num_frames,
-        progress=progress,
+        progress=progress, emotions=heads,
     )  # fmt: skip
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
     predictions_path.write_text("".join(json.dumps(line) + "\n" for line in results["predictions"]), encoding="utf-8")
-    heads = heads_trained and model.config.use_emotion_supervisor
     scores = {
         modality: ClipScores.from_predictions(
             [line for line in results["predictions"] if line["config"] == modality], heads

@@ -154,8 +154,8 @@ class ModelAdapter:
 
 
 class VAEmotionAdapter(ModelAdapter):
-    """Our model: every config, emotion from the EmoAdapter heads read in the same prefill as the options (from
-    label-word likelihood, like the baselines, for a model built without the Emotion Supervisor)."""
+    """Our model: every config, emotion from the EmoAdapter heads read in the prefill of the fixed emotion prompt
+    (from label-word likelihood, like the baselines, for a model built without the Emotion Supervisor)."""
 
     model_class = VAEmotionForConditionalGeneration
 

@@ -64,6 +64,7 @@ __all__ = [
     "evaluate_model",
     "item_prompt",
     "markdown_table",
+    "read_emotions",
     "score_options",
     "write_report",
 ]
@@ -137,12 +138,7 @@ def score_options(
     the options (right-padded) continue each row's positions. The log-probability of an option's first token
     comes from the prefill's last logits, the others from the continuation step.
     """
-    batch = {
-        key: value.to(adapter.device) for key, value in collate_encoded(encodings, adapter.pad_token_id, "left").items()
-    }
-    positions = adapter.position_ids(batch)
-    prefill = adapter.forward({**batch, "position_ids": positions}, logits_to_keep=1)
-
+    batch, positions, prefill = _prefill(adapter, encodings)
     option_ids = [[adapter.option_ids(option) for option in item] for item in options]
     rows = torch.tensor([row for row, item in enumerate(option_ids) for _ in item], device=adapter.device)
     tokens, token_mask = _right_padded([ids for item in option_ids for ids in item], adapter.pad_token_id)
@@ -174,6 +170,24 @@ def score_options(
         results.append(OptionScores(sums[start:stop], [int(n) for n in counts[start:stop]], emotion))
         start = stop
     return results
+
+
+def _prefill(adapter: ModelAdapter, encodings: Sequence[dict]):
+    """One batched prefill of left-padded prompts (every row ends at the last column): batch, positions, output."""
+    batch = {
+        key: value.to(adapter.device) for key, value in collate_encoded(encodings, adapter.pad_token_id, "left").items()
+    }
+    positions = adapter.position_ids(batch)
+    return batch, positions, adapter.forward({**batch, "position_ids": positions}, logits_to_keep=1)
+
+
+@torch.no_grad()
+def read_emotions(adapter: ModelAdapter, encodings: Sequence[dict]) -> list[dict]:
+    """What a model's emotion heads read at the end of each prompt: one batched prefill, no option scored."""
+    _, _, prefill = _prefill(adapter, encodings)
+    if prefill.emotion is None:
+        raise ValueError(f"{adapter.name} has no emotion heads: ask it label-word questions instead")
+    return [{key: value[row].tolist() for key, value in prefill.emotion.items()} for row in range(len(encodings))]
 
 
 def _right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,9 +282,12 @@ def _has_emotion_label(row: dict) -> bool:
 def _clip_emotions(adapter, rows, decode, config_name, batch_size, progress: tqdm, emotion_rows) -> dict[str, dict]:
     """``{clip_id: emotion}`` from the fixed emotion prompt(s) of each clip in ``emotion_rows`` (row indices)."""
     if adapter.emotion_source == "heads":
-        queries = [Query(index, EMOTION_PROMPT, tuple(ARTEMIS_EMOTIONS)) for index in emotion_rows]
-        scores = _run_queries(adapter, queries, decode, config_name, batch_size, progress)
-        return {rows[index]["clip_id"]: score.emotion for index, score in zip(emotion_rows, scores)}
+        emotions = {}
+        for batch in _batches(emotion_rows, batch_size):
+            encodings = [adapter.encode(decode(index), config_name, EMOTION_PROMPT) for index in batch]
+            emotions.update(zip((rows[index]["clip_id"] for index in batch), read_emotions(adapter, encodings)))
+            progress.update(len(batch))
+        return emotions
     queries = [
         Query(index, item_prompt(question, words), words)
         for index in emotion_rows
@@ -320,7 +337,7 @@ def _prediction(model_name: str, config_name: str, row: dict, scores: OptionScor
     return line
 
 
-def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, progress) -> list[dict]:
+def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, progress, emotions=True) -> list[dict]:
     # VAEmotion's processor knows its family's frame multiple; a baseline's video processor says it as its patch size
     frame_multiple = getattr(adapter.processor, "frame_multiple", None) or getattr(
         getattr(adapter.processor, "video_processor", None), "temporal_patch_size", 1
@@ -333,7 +350,7 @@ def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, p
     ]
     clip_rows = {}  # the first row of each clip that carries an emotion label
     for index, row in enumerate(rows):
-        if _has_emotion_label(row):
+        if emotions and _has_emotion_label(row):
             clip_rows.setdefault(row["clip_id"], index)
     emotion_rows = list(clip_rows.values())
     prompts_per_clip = 1 if adapter.emotion_source == "heads" else len(EMOTION_QUESTIONS)
@@ -345,9 +362,9 @@ def _evaluate_config(adapter, dataset, config_name, *, batch_size, num_frames, p
         disable=not progress,
     ) as bar:
         item_scores = _run_queries(adapter, item_queries, decode, config_name, batch_size, bar)
-        emotions = _clip_emotions(adapter, rows, decode, config_name, batch_size, bar, emotion_rows)
+        clip_emotions = _clip_emotions(adapter, rows, decode, config_name, batch_size, bar, emotion_rows)
     return [
-        _prediction(adapter.name, config_name, row, scores, emotions.get(row["clip_id"]))
+        _prediction(adapter.name, config_name, row, scores, clip_emotions.get(row["clip_id"]))
         for row, scores in zip(rows, item_scores)
     ]
 
@@ -368,7 +385,8 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
         metrics[f"{task}_acc"] = accuracy["by_task"].get(task)
         metrics[f"{task}_acc_norm"] = accuracy_norm["by_task"].get(task)
 
-    va = _first_per_clip(line for line in predictions if line["valence_ref"] is not None and line["arousal_ref"] is not None)
+    va = _first_per_clip(line for line in predictions if line["valence_ref"] is not None
+                         and line["arousal_ref"] is not None and line["valence_pred"] is not None)  # fmt: skip
     va_metrics = dict.fromkeys(
         ("valence_ccc", "valence_pearson", "valence_rmse", "arousal_ccc", "arousal_pearson", "arousal_rmse",
          "mean_ccc", "quadrant_accuracy")
@@ -379,7 +397,8 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
         )
     metrics.update(va_metrics)
 
-    labelled = _first_per_clip(line for line in predictions if line["emotion_ref"] is not None)
+    labelled = _first_per_clip(line for line in predictions if line["emotion_ref"] is not None
+                               and line["emotion_pred"] is not None)  # fmt: skip
     category = {"accuracy": None, "macro_f1": None, "weighted_f1": None}
     if labelled:
         category = f1_scores(
@@ -446,6 +465,7 @@ def evaluate_adapter(
     num_frames: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    emotions: bool = True,
 ) -> dict:
     """Evaluate an adapter on every config; see :func:`evaluate_model` for the result."""
     unknown = [name for name in configs if name not in CONFIG_NAMES]
@@ -468,8 +488,9 @@ def evaluate_adapter(
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))  # the same first items in every config
         lines = _evaluate_config(
-            adapter, dataset, config_name, batch_size=batch_size, num_frames=num_frames, progress=progress
-        )
+            adapter, dataset, config_name, batch_size=batch_size, num_frames=num_frames, progress=progress,
+            emotions=emotions,
+        )  # fmt: skip
         results["configs"][config_name] = config_metrics(lines, config_name)
         predictions += lines
     results["predictions"] = predictions
@@ -488,6 +509,7 @@ def evaluate_model(
     limit: int | None = None,
     progress: bool = True,
     name: str | None = None,
+    emotions: bool = True,
 ) -> dict:
     """Evaluate a loaded model (ours or a supported baseline) on ArtEmoBenchmark, in process.
 
@@ -495,7 +517,8 @@ def evaluate_model(
     config the model cannot take is ``{"supported": False, "reason": ...}``. Metric keys: ``accuracy``,
     ``content_acc``, ``emotion_acc`` (each also ``*_norm``), ``valence_ccc`` / ``_pearson`` / ``_rmse`` (and
     ``arousal_*``), ``mean_ccc``, ``quadrant_accuracy``, ``category_acc``, ``category_macro_f1``,
-    ``category_weighted_f1``, ``counts`` and ``chance``.
+    ``category_weighted_f1``, ``counts`` and ``chance``. ``emotions=False`` scores the items only (no per-clip
+    emotion prompt; the valence, arousal and category metrics are ``None``).
 
     >>> results = evaluate_model(model, processor, "artemo_synth", configs=["audio_only"])  # doctest: +SKIP
     >>> results["configs"]["audio_only"]["emotion_acc"]  # doctest: +SKIP
@@ -504,7 +527,7 @@ def evaluate_model(
     adapter = adapter_for(model, processor, name=name)
     return evaluate_adapter(
         adapter, data_dir, configs=configs, batch_size=batch_size, split=split, num_frames=num_frames, limit=limit,
-        progress=progress,
+        progress=progress, emotions=emotions,
     )  # fmt: skip
 
 
