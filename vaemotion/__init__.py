@@ -32,6 +32,31 @@ PIPELINE_REGISTRY.register_pipeline(
     type="multimodal",
 )
 
+# The benchmark's entry points, loaded on first use: `import vaemotion` stays free of the harness, the trainers,
+# datasets' builder and matplotlib.
+_LAZY_EXPORTS = {
+    "evaluate_model": "vaemotion.benchmark.harness",
+    "evaluate_checkpoints": "vaemotion.benchmark.harness",
+    "write_report": "vaemotion.benchmark.harness",
+    "load_adapter": "vaemotion.benchmark.baselines",
+    "load_artemo": "vaemotion.benchmark.artemo",
+    "metric_path": "vaemotion.benchmark",
+    "generate_benchmark": "vaemotion.synth",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
+
+
 __all__ = [
     "ARTEMIS_EMOTIONS",
     "AudioVisualEmotionPipeline",
@@ -43,8 +68,15 @@ __all__ = [
     "VAEmotionPreTrainedModel",
     "VAEmotionProcessor",
     "VideoClip",
+    "evaluate_checkpoints",
+    "evaluate_model",
+    "generate_benchmark",
+    "load_adapter",
+    "load_artemo",
     "load_audio",
     "load_video",
+    "metric_path",
     "num_audio_tokens",
+    "write_report",
     "__version__",
 ]
