@@ -16,6 +16,7 @@ from vaemotion.benchmark.functional import (
     accuracy_by,
     concordance_correlation_coefficient,
     f1_scores,
+    mer_score,
     pearson,
     quadrant_accuracy,
     rmse,
@@ -138,6 +139,27 @@ def test_f1_matches_sklearn(classification_data):
     assert scores["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(references, predictions))
 
 
+def test_recalls_and_mer_score_match_sklearn(classification_data):
+    """UAR is scikit-learn's balanced accuracy (mean recall over the reference classes), WAR its support-weighted
+    recall; the MER score is WAF - 0.25 x valence MSE with scikit-learn's weighted F1 and squared error."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    predictions, references = classification_data  # label 5 is never predicted: its recall 0 counts in UAR
+    scores = f1_scores(predictions, references, num_labels=8)
+    assert scores["uar"] == pytest.approx(sklearn_metrics.balanced_accuracy_score(references, predictions), abs=1e-12)
+    in_references = sorted(set(references))
+    war = sklearn_metrics.recall_score(references, predictions, average="weighted", labels=in_references)
+    assert scores["war"] == pytest.approx(war, abs=1e-12)
+    rng = np.random.default_rng(3)
+    ref_valence = rng.uniform(-1, 1, predictions.size)
+    pred_valence = np.clip(ref_valence + rng.normal(0, 0.3, predictions.size), -1, 1)
+    present = sorted(set(predictions) | set(references))
+    waf = sklearn_metrics.f1_score(references, predictions, average="weighted", labels=present, zero_division=0)
+    expected = waf - 0.25 * sklearn_metrics.mean_squared_error(ref_valence, pred_valence)
+    assert mer_score(scores["weighted_f1"], pred_valence, ref_valence) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match=r"weighted_f1 must be a number in \[0, 1\]"):
+        mer_score(1.5, pred_valence, ref_valence)
+
+
 def test_f1_on_a_hand_computed_confusion_matrix():
     # refs:  0 0 0 1 1 2 2 2 ; preds: 0 0 1 1 1 1 0 1  (label 2 never predicted; labels 3..7 absent)
     references = [0, 0, 0, 1, 1, 2, 2, 2]
@@ -253,6 +275,16 @@ def test_emotion_f1_module_equals_function(load_offline, classification_data):
     assert load_offline("emotion_f1").compute(predictions=[0, 1], references=[0, 2], num_labels=3) == f1_scores(
         [0, 1], [0, 2], num_labels=3
     )
+
+
+def test_emotion_f1_module_gives_the_mer_score_with_valence(load_offline):
+    module = load_offline("emotion_f1")
+    result = module.compute(predictions=[0, 1, 1], references=[0, 1, 2], valence_predictions=[0.5, 0.0, -0.5],
+                            valence_references=[0.5, 0.5, -0.5])  # fmt: skip
+    expected = f1_scores([0, 1, 1], [0, 1, 2], num_labels=8)["weighted_f1"] - 0.25 * (0.5**2 / 3)
+    assert result["mer_score"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="needs both valence_predictions and valence_references"):
+        load_offline("emotion_f1").compute(predictions=[0], references=[0], valence_predictions=[0.1])
 
 
 def test_valence_arousal_module_equals_function(load_offline, regression_data):

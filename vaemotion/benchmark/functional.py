@@ -27,6 +27,7 @@ __all__ = [
     "accuracy_by",
     "concordance_correlation_coefficient",
     "f1_scores",
+    "mer_score",
     "pearson",
     "quadrant_accuracy",
     "rmse",
@@ -170,15 +171,20 @@ def _labels(values, name: str, num_labels: int) -> np.ndarray:
 
 
 def f1_scores(predictions, references, num_labels: int) -> dict:
-    """Accuracy, macro and support-weighted F1, and per-class F1 for single-label classification.
+    """Accuracy, macro and support-weighted F1, per-class F1, and the recalls emotion papers report.
 
     Only labels present in the references or the predictions are scored; a present label that is never
     predicted gets F1 0 (no NaN, no warning). ``per_class_f1`` and ``support`` map each present label index to its
-    value (absent labels are left out rather than reported as NaN).
+    value (absent labels are left out rather than reported as NaN). ``uar`` (unweighted average recall) is the mean
+    recall over the labels in the references (scikit-learn's ``balanced_accuracy_score``); ``war`` (weighted average
+    recall, support-weighted) equals the accuracy for single-label classification and is reported under the name
+    speech-emotion papers use. ``weighted_f1`` is their WAF.
 
     >>> s = f1_scores([0, 0, 1, 1], [0, 1, 1, 1], num_labels=8)
     >>> s["accuracy"], round(s["macro_f1"], 4), round(s["weighted_f1"], 4), s["per_class_f1"]
     (0.75, 0.7333, 0.7667, {0: 0.6666666666666666, 1: 0.8})
+    >>> round(s["uar"], 4), s["war"]
+    (0.8333, 0.75)
     """
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -192,13 +198,31 @@ def f1_scores(predictions, references, num_labels: int) -> dict:
     support = np.array([np.sum(references == c) for c in present], dtype=np.float64)
     # F1 = 2TP / (predicted + actual); the denominator is > 0 for every present label, so no 0/0 arises
     per_class = 2.0 * true_positive / (predicted + support)
+    in_references = support > 0
+    accuracy = float(np.mean(predictions == references))
     return {
-        "accuracy": float(np.mean(predictions == references)),
+        "accuracy": accuracy,
         "macro_f1": float(per_class.mean()),
         "weighted_f1": float(np.sum(per_class * support) / support.sum()),
+        "uar": float(np.mean(true_positive[in_references] / support[in_references])),
+        "war": accuracy,
         "per_class_f1": {int(c): float(f) for c, f in zip(present, per_class)},
         "support": {int(c): int(n) for c, n in zip(present, support)},
     }
+
+
+def mer_score(weighted_f1: float, pred_valence, ref_valence) -> float:
+    """The MER challenges' combined score of discrete and dimensional emotion: ``WAF - 0.25 * MSE(valence)``, with
+    WAF the support-weighted F1 of the categories (:func:`f1_scores`' ``weighted_f1``) and MSE over valence in the
+    benchmark's [-1, 1] scale (MER scores valence on [-5, 5]: there the same predictions give a 25x larger MSE).
+
+    >>> mer_score(0.8, [0.5, -0.5], [0.5, 0.5])
+    0.675
+    """
+    if not (isinstance(weighted_f1, (int, float)) and 0.0 <= weighted_f1 <= 1.0):
+        raise ValueError(f"weighted_f1 must be a number in [0, 1], got {weighted_f1!r}")
+    pred, ref = _paired(pred_valence, ref_valence, "pred_valence", "ref_valence")
+    return float(weighted_f1 - 0.25 * np.mean((pred - ref) ** 2))
 
 
 def _strings(values, name: str) -> np.ndarray:

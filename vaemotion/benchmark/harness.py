@@ -93,6 +93,8 @@ TABLE_COLUMNS = (
     ("quadrant acc", "quadrant_accuracy"),
     ("category macro-F1", "category_macro_f1"),
     ("category weighted-F1", "category_weighted_f1"),
+    ("category UAR", "category_uar"),
+    ("MER score", "mer_score"),
 )
 
 
@@ -399,7 +401,7 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
 
     labelled = _first_per_clip(line for line in predictions if line["emotion_ref"] is not None
                                and line["emotion_pred"] is not None)  # fmt: skip
-    category = {"accuracy": None, "macro_f1": None, "weighted_f1": None}
+    category = dict.fromkeys(("accuracy", "macro_f1", "weighted_f1", "uar", "war"))
     if labelled:
         category = f1_scores(
             [ARTEMIS_EMOTIONS.index(line["emotion_pred"]) for line in labelled],
@@ -410,6 +412,12 @@ def config_metrics(predictions: Sequence[dict], config_name: str) -> dict:
         category_acc=category["accuracy"],
         category_macro_f1=category["macro_f1"],
         category_weighted_f1=category["weighted_f1"],
+        category_uar=category["uar"],
+        category_war=category["war"],
+        # the MER challenges' combined score, WAF - 0.25 x valence MSE, each over the clips labelled for it
+        mer_score=None if category["weighted_f1"] is None or not va else float(
+            category["weighted_f1"] - 0.25 * metrics["valence_rmse"] ** 2
+        ),
         counts={
             "items": len(predictions),
             "content": tasks.count("content"),
@@ -517,7 +525,8 @@ def evaluate_model(
     config the model cannot take is ``{"supported": False, "reason": ...}``. Metric keys: ``accuracy``,
     ``content_acc``, ``emotion_acc`` (each also ``*_norm``), ``valence_ccc`` / ``_pearson`` / ``_rmse`` (and
     ``arousal_*``), ``mean_ccc``, ``quadrant_accuracy``, ``category_acc``, ``category_macro_f1``,
-    ``category_weighted_f1``, ``counts`` and ``chance``. ``emotions=False`` scores the items only (no per-clip
+    ``category_weighted_f1`` (WAF), ``category_uar`` / ``category_war`` (unweighted / weighted average recall),
+    ``mer_score`` (WAF - 0.25 x valence MSE), ``counts`` and ``chance``. ``emotions=False`` scores the items only (no per-clip
     emotion prompt; the valence, arousal and category metrics are ``None``).
 
     >>> results = evaluate_model(model, processor, "artemo_synth", configs=["audio_only"])  # doctest: +SKIP
