@@ -43,7 +43,8 @@ def read_predictions(demo_dir, run):
 
 def recomputed(demo_dir, run, modality):
     """A run's figures on one modality, recomputed from its predictions.jsonl with the float64 CCC: per clip, the
-    content and emotion items' correctness and the heads' VA at the emotion item."""
+    content and emotion items' correctness and the heads' VA (read once per clip at the benchmark's fixed emotion
+    prompt, and carried on each of its items' lines)."""
     lines = [line for line in read_predictions(demo_dir, run) if line["config"] == modality]
     by_task = {task: sorted((l for l in lines if l["task"] == task), key=lambda l: l["clip_id"])
                for task in ("content", "emotion")}
@@ -199,3 +200,26 @@ def test_a_pretrained_audio_encoder_is_used_frozen_and_unpadded():
     assert all(torch.equal(tensor, reference[name]) for name, tensor in model.audio_tower.state_dict().items())
     assert processor.feature_extractor.feature_size == 80 and not processor.pad_audio_to_window
     assert model.set_trainable("vg_align")["modules"] == ["audio_projector", "audio_delimiters"]  # the encoder stays frozen
+
+
+def test_the_sight_loss_on_answer_positions_equals_the_loss_on_every_position():
+    """instruction_tune runs the LM head only where a labelled token is predicted: same loss and gradients."""
+    from vaemotion.demo import answer_positions
+    from vaemotion.modeling_vaemotion import VAEmotionForConditionalGeneration
+    from vaemotion.tiny import build_tiny_tokenizer, tiny_vaemotion_config
+
+    torch.manual_seed(0)
+    model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(build_tiny_tokenizer())).double()
+    input_ids = torch.randint(5, 100, (3, 12))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 9:], labels[1, 4:7], labels[2, 11:] = input_ids[0, 9:], input_ids[1, 4:7], input_ids[2, 11:]
+    losses, grads = [], []
+    for keep in (0, answer_positions(labels)):
+        model.zero_grad()
+        loss = model(input_ids=input_ids, labels=labels, logits_to_keep=keep).lm_loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.get_input_embeddings().weight.grad.clone())
+    assert answer_positions(labels).tolist() == [3, 4, 5, 8, 9, 10]
+    torch.testing.assert_close(losses[1], losses[0])
+    torch.testing.assert_close(grads[1], grads[0])
