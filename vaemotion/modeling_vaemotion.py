@@ -978,24 +978,33 @@ def _checkpoint_chat_template(vlm_path, tokenizer) -> str:
 
 
 def _check_text_inputs(input_ids, attention_mask, emotion_positions, vocab_size: int) -> None:
-    """What a script can get wrong about the token inputs, named before an embedding lookup or an index fails."""
-    if input_ids is not None:
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer (batch_size, sequence_length) tensor, got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the embedding rows), got ids from "
-                             f"{int(input_ids.min())} to {int(input_ids.max())}")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
-                             f"{tuple(input_ids.shape)}: they must match")
-    if emotion_positions is not None and input_ids is not None:
-        length = input_ids.shape[-1]
-        if emotion_positions.shape != (input_ids.shape[0],) or emotion_positions.is_floating_point() or (
-            emotion_positions.numel() and (int(emotion_positions.min()) < 0 or int(emotion_positions.max()) >= length)
-        ):
-            raise ValueError(f"emotion_positions must be one integer position in [0, {length}) per sample, got "
-                             f"{emotion_positions.tolist()}")
+    """What a script can get wrong about the token inputs, named before an embedding lookup or an index fails (one
+    host sync for all the ranges)."""
+    if input_ids is None:
+        return
+    if input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be an integer (batch_size, sequence_length) tensor, got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}: "
+                         "they must match")
+    length = input_ids.shape[-1]
+    if emotion_positions is not None and (
+        emotion_positions.shape != (input_ids.shape[0],) or emotion_positions.is_floating_point()
+    ):
+        raise ValueError(f"emotion_positions must be one integer position per sample, got {emotion_positions.dtype} "
+                         f"{tuple(emotion_positions.shape)}")
+    if not input_ids.numel():
+        return
+    extremes = [input_ids.min(), input_ids.max()]
+    if emotion_positions is not None:
+        extremes += [emotion_positions.min().to(input_ids.device), emotion_positions.max().to(input_ids.device)]
+    low, high, *positions = torch.stack(extremes).tolist()
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the embedding rows), got ids from {low} to {high}")
+    if positions and (positions[0] < 0 or positions[1] >= length):
+        raise ValueError(f"emotion_positions must be one integer position in [0, {length}) per sample, got "
+                         f"{emotion_positions.tolist()}")
 
 
 def _check_patch_grid(pixels_name: str, pixels: torch.Tensor, grid_name: str, grid) -> None:
