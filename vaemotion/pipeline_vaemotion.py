@@ -407,6 +407,8 @@ def _checked_picture_array(image):
                                   f"(channels, height, width) with 1, 3 or 4 channels, got shape {shape}")
     if 0 in shape:
         raise VAEmotionInputError(f"image: the picture has no pixels (shape {shape})")
+    if isinstance(image, np.ndarray) and not image.flags.writeable:  # np.asarray(PIL image): torch warns on it
+        image = image.copy()
     return image
 
 
