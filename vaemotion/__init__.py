@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_vaemotion import ARTEMIS_EMOTIONS, VAEmotionConfig, num_audio_tokens
+from .lazy import lazy_exports
 from .media import VAEmotionInputError, VideoClip, load_audio, load_video
 from .modeling_vaemotion import (
     EmotionPrediction,
@@ -34,27 +35,15 @@ PIPELINE_REGISTRY.register_pipeline(
 
 # The benchmark's entry points, loaded on first use: `import vaemotion` stays free of the harness, the trainers,
 # datasets' builder and matplotlib.
-_LAZY_EXPORTS = {
-    "evaluate_model": "vaemotion.benchmark.harness",
-    "evaluate_checkpoints": "vaemotion.benchmark.harness",
-    "write_report": "vaemotion.benchmark.harness",
-    "load_adapter": "vaemotion.benchmark.baselines",
-    "load_artemo": "vaemotion.benchmark.artemo",
-    "metric_path": "vaemotion.benchmark",
-    "generate_benchmark": "vaemotion.synth",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY_EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "evaluate_model": ".benchmark.harness",
+    "evaluate_checkpoints": ".benchmark.harness",
+    "write_report": ".benchmark.harness",
+    "load_adapter": ".benchmark.baselines",
+    "load_artemo": ".benchmark.artemo",
+    "metric_path": ".benchmark",
+    "generate_benchmark": ".synth",
+})  # fmt: skip
 
 
 __all__ = [

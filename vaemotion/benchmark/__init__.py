@@ -14,6 +14,7 @@ The harness (``evaluate_model``, ``write_report``; ``vaemotion eval`` on the com
 
 import os
 
+from ..lazy import lazy_exports
 from .artemo import (
     CONFIG_NAMES,
     NO_EMOTION,
@@ -31,21 +32,13 @@ from .artemo import (
 METRIC_NAMES = ("artemo_accuracy", "emotion_f1", "valence_arousal")
 
 # The harness and the model adapters load on first use: they pull in the processors and matplotlib.
-_LAZY_EXPORTS = {
-    "evaluate_model": "harness",
-    "evaluate_checkpoints": "harness",
-    "write_report": "harness",
-    "adapter_for": "baselines",
-    "load_adapter": "baselines",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY_EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "evaluate_model": ".harness",
+    "evaluate_checkpoints": ".harness",
+    "write_report": ".harness",
+    "adapter_for": ".baselines",
+    "load_adapter": ".baselines",
+})  # fmt: skip
 
 
 def metric_path(name: str) -> str:
