@@ -326,8 +326,8 @@ def test_a_final_model_killed_while_moving_in_does_not_look_complete(tmp_path):
 
     output = tmp_path / "out"
     (output / "checkpoint-2").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
-        (output / name).write_text(f"old {name}")
+    for name in ("config.json", "model.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
+        (output / name).write_text(f"old {name}")  # an earlier, sharded save: its shards must not outlive it
 
     def stage():
         staging = output / ".final-model.tmp"

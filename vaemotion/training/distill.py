@@ -1,4 +1,5 @@
-"""The VG-Align step shared by Stage 1 and Stage 2, and the loss-part logging both trainers use.
+"""The VG-Align step shared by Stage 1 and Stage 2, and what both trainers share: loss-part logging, resuming only
+complete checkpoints, and publishing the final model so that a killed save leaves nothing that looks complete.
 
 Teacher and student are the **same model object**. The teacher is defined once, by [`frozen_visual_pathway`], and
 every teacher pass goes through it (Stage 1's targets and responses, the teacher cache, Stage 2's KD): the model on
@@ -298,6 +299,8 @@ def checkpoint_to_resume(value: str | None, output_dir: str | os.PathLike) -> st
 STAGING_FOLDER = ".final-model.tmp"
 # from_pretrained starts from these: moved last, so a folder that has them holds everything else already
 ENTRY_FILES = ("config.json", "processor_config.json")
+# weights of an earlier save (one file or shards + index), which save_pretrained itself would have cleaned up
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
 
 
 def publish_staged_folder(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
@@ -308,6 +311,9 @@ def publish_staged_folder(staging: str | os.PathLike, output_dir: str | os.PathL
     staging, output_dir = Path(staging), Path(output_dir)
     for name in ENTRY_FILES:
         (output_dir / name).unlink(missing_ok=True)
+    for path in output_dir.iterdir():
+        if _WEIGHT_FILE.match(path.name) and path.is_file():
+            path.unlink()
     entries = [path for path in staging.iterdir() if path.name not in ENTRY_FILES]
     for path in entries + [staging / name for name in ENTRY_FILES if (staging / name).exists()]:
         target = output_dir / path.name
