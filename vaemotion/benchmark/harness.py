@@ -526,8 +526,8 @@ def evaluate_model(
     ``content_acc``, ``emotion_acc`` (each also ``*_norm``), ``valence_ccc`` / ``_pearson`` / ``_rmse`` (and
     ``arousal_*``), ``mean_ccc``, ``quadrant_accuracy``, ``category_acc``, ``category_macro_f1``,
     ``category_weighted_f1`` (WAF), ``category_uar`` / ``category_war`` (unweighted / weighted average recall),
-    ``mer_score`` (WAF - 0.25 x valence MSE), ``counts`` and ``chance``. ``emotions=False`` scores the items only (no per-clip
-    emotion prompt; the valence, arousal and category metrics are ``None``).
+    ``mer_score`` (WAF - 0.25 x valence MSE), ``counts`` and ``chance``. ``emotions=False`` scores the items only
+    (no per-clip emotion prompt; the valence, arousal and category metrics are ``None``).
 
     >>> results = evaluate_model(model, processor, "artemo_synth", configs=["audio_only"])  # doctest: +SKIP
     >>> results["configs"]["audio_only"]["emotion_acc"]  # doctest: +SKIP
