@@ -59,6 +59,11 @@ class VAEmotionConfig(PreTrainedConfig):
         enhancer_bottleneck_size (`int`, defaults to 64):
             Width `z` of the Emotion Enhancer's residual bottleneck (the features the Supervisor reads).
         enhancer_activation (`str`, defaults to `"gelu"`): activation inside the bottleneck.
+        enhancer_clip_context (`bool`, defaults to `True`):
+            Whether the Enhancer also adds, to every modality token, a residual from the clip's bottleneck pooled
+            over all its modality tokens (the features the auxiliary heads read): the cross-modal part of the
+            adapter, through which what the sound says reaches the picture's tokens and back. `False`: position-wise
+            only.
         use_emotion_enhancer / use_emotion_supervisor (`bool`): ablation switches of the EmoAdapter.
         supervisor_hidden_size (`int`, defaults to 256): hidden width of the Supervisor heads on the LLM state.
         emotion_labels (`list[str]`, *optional*): emotion categories; defaults to the 8 ArtEmis categories.
@@ -101,6 +106,7 @@ class VAEmotionConfig(PreTrainedConfig):
     projector_hidden_size: int | None = None
     enhancer_bottleneck_size: int = 64
     enhancer_activation: str = "gelu"
+    enhancer_clip_context: bool = True
     use_emotion_enhancer: bool = True
     use_emotion_supervisor: bool = True
     supervisor_hidden_size: int = 256

@@ -190,10 +190,13 @@ class ZeroInitLinear(nn.Linear):
 
 
 class VAEmotionEmotionEnhancer(nn.Module):
-    """EmoAdapter part 1: a shared, position-wise residual bottleneck on every modality token.
+    """EmoAdapter part 1: a shared residual bottleneck on every modality token, position-wise and cross-modal.
 
-    ``z = W_down(LN(h))``, ``h' = h + W_up(act(z))``. ``W_up`` starts at zero so an untrained Enhancer is the identity;
-    the bottleneck ``z`` is what the Supervisor reads, which makes the residuals emotion-sensitive.
+    ``z_i = W_down(LN(h_i))``; ``h_i' = h_i + W_up(act(z_i)) + W_ctx(act(c))``, where ``c`` is the mean of ``z`` over
+    all modality tokens of the clip (sound and picture together; the features the Supervisor's auxiliary heads
+    read). ``W_up`` and ``W_ctx`` start at zero, so an untrained Enhancer is the identity. The clip term carries what
+    one modality says to the other's tokens (a still picture's tokens get the sound's arousal), so the LLM need not
+    learn that fusion from its attention alone; ``config.enhancer_clip_context=False`` leaves it out.
     """
 
     def __init__(self, config: VAEmotionConfig):
@@ -203,10 +206,23 @@ class VAEmotionEmotionEnhancer(nn.Module):
         self.down = nn.Linear(width, config.enhancer_bottleneck_size)
         self.act = ACT2FN[config.enhancer_activation]
         self.up = ZeroInitLinear(config.enhancer_bottleneck_size, width)
+        self.context_up = None
+        if config.enhancer_clip_context:
+            # built without drawing from the global RNG, so a seed initialises every other module as it did before
+            # this option existed (nn.Linear draws its start even though _init_weights zeroes it)
+            with torch.random.fork_rng(devices=[]):
+                self.context_up = ZeroInitLinear(config.enhancer_bottleneck_size, width)
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bottleneck = self.down(self.norm(hidden))
-        return hidden + self.up(self.act(bottleneck)), bottleneck
+    def bottleneck(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``z`` of each token (rows of ``hidden``)."""
+        return self.down(self.norm(hidden))
+
+    def forward(self, hidden: torch.Tensor, bottleneck: torch.Tensor, clip_context: torch.Tensor) -> torch.Tensor:
+        """``hidden`` with its residuals; ``bottleneck`` is its ``z`` and ``clip_context`` each row's clip mean of ``z``."""
+        residual = self.up(self.act(bottleneck))
+        if self.context_up is not None:
+            residual = residual + self.context_up(self.act(clip_context))
+        return hidden + residual
 
 
 class VAEmotionEmotionHead(nn.Module):
@@ -671,11 +687,6 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         )
         return _flatten_features(out.pooler_output)
 
-    def _enhance(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.emotion_enhancer is None:
-            return features, None
-        return self.emotion_enhancer(features)
-
     # ------------------------------------------------------------------------------------------------ forward
     @can_return_tuple  # honours `return_dict=False` (argument or config) as transformers models do
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # else it reached the VLM beside cache=None
@@ -735,21 +746,28 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             )
         batch_size = inputs_embeds.shape[0]
 
-        bottleneck_sum = inputs_embeds.new_zeros(0)
-        bottleneck_count = None
-        modality_streams = self._modality_streams(
-            input_ids, input_features, feature_attention_mask, pixel_values, image_grid_thw,
-            pixel_values_videos, video_grid_thw,
-        )  # fmt: skip
-        for name, token_id, features in modality_streams:
-            mask = self._placeholder_mask(input_ids, inputs_embeds, token_id, features.shape[0], name)
+        streams = [
             # features may come from another device (device_map splits towers and LLM): move them to the embeddings'
-            features, bottleneck = self._enhance(features.to(inputs_embeds.device, inputs_embeds.dtype))
+            (self._placeholder_mask(input_ids, inputs_embeds, token_id, features.shape[0], name),
+             features.to(inputs_embeds.device, inputs_embeds.dtype))
+            for name, token_id, features in self._modality_streams(
+                input_ids, input_features, feature_attention_mask, pixel_values, image_grid_thw,
+                pixel_values_videos, video_grid_thw,
+            )
+        ]  # fmt: skip
+        clip_context, bottleneck_count = None, None
+        if self.emotion_enhancer is not None and streams:
+            # every stream's bottleneck first: the clip context pools them all, sound and picture together
+            bottlenecks = [self.emotion_enhancer.bottleneck(features) for _, features in streams]
+            bottleneck_sum = sum(_sum_per_sample(z, mask) for (mask, _), z in zip(streams, bottlenecks))
+            bottleneck_count = sum(mask.sum(-1) for mask, _ in streams)
+            clip_context = bottleneck_sum / bottleneck_count.clamp(min=1)[:, None]  # (batch, bottleneck)
+            streams = [
+                (mask, self.emotion_enhancer(features, z, clip_context[mask.nonzero(as_tuple=True)[0]]))
+                for (mask, features), z in zip(streams, bottlenecks)
+            ]
+        for mask, features in streams:
             inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], features)
-            if bottleneck is not None:
-                per_sample, counts = _sum_per_sample(bottleneck, mask)
-                bottleneck_sum = per_sample if bottleneck_count is None else bottleneck_sum + per_sample
-                bottleneck_count = counts if bottleneck_count is None else bottleneck_count + counts
 
         backbone_inputs = self._backbone_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_grid_thw,
@@ -775,9 +793,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             state = hidden[torch.arange(batch_size, device=hidden.device), emotion_positions.to(hidden.device)]
             va, result.emotion_logits = self.emotion_supervisor.llm_head(state)
             result.valence, result.arousal = va.unbind(-1)
-            if bottleneck_count is not None:
-                pooled = bottleneck_sum / bottleneck_count.clamp(min=1)[:, None]
-                aux_va, aux_logits = self.emotion_supervisor.bottleneck_head(pooled)
+            if clip_context is not None:
+                aux_va, aux_logits = self.emotion_supervisor.bottleneck_head(clip_context)
                 missing = (bottleneck_count == 0)[:, None]
                 aux_va, aux_logits = aux_va.masked_fill(missing, float("nan")), aux_logits.masked_fill(missing, 0.0)
                 result.aux_valence, result.aux_arousal = aux_va.unbind(-1)
@@ -1036,11 +1053,10 @@ def _text_typed_audio(mm_token_type_ids: torch.Tensor | None) -> torch.Tensor | 
     return mm_token_type_ids.masked_fill(mm_token_type_ids == AUDIO_TOKEN_TYPE, 0)
 
 
-def _sum_per_sample(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the rows of ``values`` (in mask order) per sample of ``mask`` (batch, seq); also count them."""
+def _sum_per_sample(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum the rows of ``values`` (in mask order) per sample of ``mask`` (batch, seq)."""
     sample_index = mask.nonzero(as_tuple=True)[0]
-    sums = values.new_zeros(mask.shape[0], values.shape[-1]).index_add(0, sample_index, values)
-    return sums, mask.sum(-1)
+    return values.new_zeros(mask.shape[0], values.shape[-1]).index_add(0, sample_index, values)
 
 
 def _last_prompt_positions(
