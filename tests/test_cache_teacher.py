@@ -51,8 +51,8 @@ def setup(tmp_path_factory):
                     onset=0.3 + 0.3 * index)
     config = {
         "model_name_or_path": str(root / "model"), "train_data": str(root / "clips"), "output_dir": str(root / "out"),
-        "prompts": ["describe the scene", "describe the mood"], "max_response_tokens": 5, "num_frames": 4,
-        "teacher_cache_dir": str(root / "cache"), "teacher_top_k": TOP_K, "temperature": 2.0, "teacher_batch_size": 4,
+        "prompts": ["describe the scene", "describe the mood"], "max_completion_length": 5, "num_frames": 4,
+        "teacher_cache_dir": str(root / "cache"), "loss_top_k": TOP_K, "temperature": 2.0, "teacher_batch_size": 4,
         "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1, "save_strategy": "no",
         "use_cpu": True, "disable_tqdm": True, "learning_rate": 1e-2,
     }  # fmt: skip
@@ -154,8 +154,8 @@ def test_training_the_projector_keeps_the_cache_valid_but_a_new_llm_does_not(set
 
 @pytest.mark.parametrize("flags, message", [
     (["--prompts", "describe the scene", "what is the content"], "stale teacher cache.*'prompts' changed"),
-    (["--teacher_top_k", "4"], "stale teacher cache.*'targets' changed"),
-    (["--max_response_tokens", "9"], "stale teacher cache.*'responses' changed"),
+    (["--loss_top_k", "4"], "stale teacher cache.*'targets' changed"),
+    (["--max_completion_length", "9"], "stale teacher cache.*'responses' changed"),
 ])
 def test_stale_cache_is_refused(setup, flags, message):
     model, processor = load(setup)

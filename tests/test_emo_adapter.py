@@ -321,7 +321,7 @@ def test_without_kd_the_teacher_never_runs(workspace, tmp_path, batches):
 
 
 def test_top_k_teacher_and_jsd(workspace, tmp_path, batches):
-    trainer = build_trainer(make_config(workspace, tmp_path, teacher_top_k=5, divergence="jsd", temperature=2.0))
+    trainer = build_trainer(make_config(workspace, tmp_path, loss_top_k=5, beta=0.5, temperature=2.0))
     step = emo_adapter_loss(trainer.model, first_batch(trainer, batches), trainer.args)
     assert all(torch.isfinite(step.parts[f"kd_loss/{path}"]) and step.parts[f"kd_loss/{path}"] > 0
                for path in ("audio", "audio_visual"))  # fmt: skip

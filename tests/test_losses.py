@@ -8,6 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from vaemotion.training.vg_align import VGAlignConfig
 from vaemotion.training.losses import (
     TeacherTopK,
     category_loss,
@@ -95,6 +96,30 @@ def test_distillation_matches_float64_reference(kind, beta, tau, k):
     expected = np_distillation(student, teacher, mask, kind, tau, beta, k)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def np_trl_beta_divergence(q, p, beta):
+    """TRL's generalised JSD as its DistillationConfig documents ``beta``: 0 forward KL(teacher || student), 1 reverse
+    KL, in between beta * KL(q || m) + (1 - beta) * KL(p || m) with the mixture m = beta * q + (1 - beta) * p."""
+    if beta == 0:
+        return np_kl(q, p)
+    if beta == 1:
+        return np_kl(p, q)
+    m = beta * q + (1 - beta) * p
+    return beta * np_kl(q, m) + (1 - beta) * np_kl(p, m)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_trl_beta_selects_the_divergence_trl_means(beta):
+    """The trainers' ``beta`` field (TRL's name) reaches the loss as TRL defines it, tau^2-scaled (Hinton)."""
+    settings = VGAlignConfig(output_dir="out", model_name_or_path="m", train_data="d", beta=beta, temperature=2.0,
+                             use_cpu=True).distillation
+    student, teacher, mask = random_inputs(seed=int(beta * 10))
+    loss = distillation_loss(student, teacher, mask, kind=settings.divergence, temperature=settings.temperature,
+                             jsd_beta=settings.jsd_beta)
+    s, t = student.double().numpy()[mask.numpy()], teacher.double().numpy()[mask.numpy()]
+    expected = 4.0 * np.mean([np_trl_beta_divergence(np_softmax(zt / 2), np_softmax(zs / 2), beta) for zs, zt in zip(s, t)])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("kind,beta", KINDS)

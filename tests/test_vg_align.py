@@ -86,7 +86,7 @@ def clips(tmp_path_factory):
 def make_config(tmp_path, model_dir, clips, **overrides):
     values = dict(
         output_dir=str(tmp_path / "out"), model_name_or_path=model_dir, train_data=clips["manifest"], prompts=PROMPTS,
-        response_source="caption", max_response_tokens=6, num_frames=4, per_device_train_batch_size=2,
+        response_source="caption", max_completion_length=6, num_frames=4, per_device_train_batch_size=2,
         learning_rate=1e-2, max_steps=2, logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True,
         seed=0,
     )  # fmt: skip
@@ -114,8 +114,13 @@ def trainer_logs(output_dir):
     "overrides, message",
     [
         ({"divergence": "kl"}, "divergence must be one of"),
+        ({"beta": -0.1}, r"beta must lie in \[0, 1\]"),
+        ({"loss_top_k": -1}, "loss_top_k must be at least 1, or 0 or None"),
+        ({"jsd_beta": 0.3}, "jsd_beta only applies with divergence: jsd; set TRL's beta"),
+        ({"divergence": "jsd", "jsd_beta": 1.0}, r"jsd_beta must lie in \(0, 1\)"),
+        ({"teacher_top_k": 4, "loss_top_k": 8}, "teacher_top_k .deprecated. and loss_top_k are both set"),
         ({"response_source": "oracle"}, "response_source must be one of"),
-        ({"teacher_cache_dir": "cache"}, "teacher_cache_dir needs teacher_top_k"),
+        ({"teacher_cache_dir": "cache"}, "teacher_cache_dir needs loss_top_k"),
         ({"kd_weight": 0.0}, "nothing to train"),
         ({"prompts_per_clip": 3}, r"prompts_per_clip must lie in \[1, 2\]"),
         ({"vlm_name_or_path": "vlm"}, "exactly one model source"),
@@ -124,7 +129,7 @@ def trainer_logs(output_dir):
         ({"answer_head_weight": 1.0}, "set train_audio_encoder"),
         ({"answer_head_weight": 1.0, "train_audio_encoder": True, "lora_r": 4}, "not supported with LoRA"),
         ({"answer_head_weight": -1.0}, "answer_head_weight must be >= 0"),
-        ({"teacher_generation_kwargs": {"max_new_tokens": 32}}, r"sets \['max_new_tokens'\]: .*max_response_tokens"),
+        ({"teacher_generation_kwargs": {"max_new_tokens": 32}}, r"sets \['max_new_tokens'\]: .*max_completion_length"),
         ({"teacher_generation_kwargs": "{do_sample: false}"}, "teacher_generation_kwargs must be a JSON object"),
         ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be at least 1, got 0"),
         ({"gradient_accumulation_steps": -2}, "gradient_accumulation_steps must be at least 1"),
@@ -133,6 +138,22 @@ def trainer_logs(output_dir):
 def test_config_rejects_bad_fields(tmp_path, model_dir, clips, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_config(tmp_path, model_dir, clips, **overrides)
+
+
+@pytest.mark.parametrize("divergence, jsd_beta, beta", [("forward_kl", None, 0.0), ("reverse_kl", None, 1.0),
+                                                        ("jsd", None, 0.5), ("jsd", 0.25, 0.25)])
+def test_names_before_trls_still_read_with_a_warning(tmp_path, model_dir, clips, divergence, jsd_beta, beta):
+    old = {"divergence": divergence, "teacher_top_k": 16, "max_response_tokens": 9}
+    if jsd_beta is not None:
+        old["jsd_beta"] = jsd_beta
+    with pytest.warns(FutureWarning) as caught:
+        config = VGAlignConfig(output_dir=str(tmp_path), model_name_or_path=model_dir, train_data=clips["manifest"],
+                               use_cpu=True, **old)
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert all(f"use TRL's name {name}" in messages for name in ("beta", "loss_top_k", "max_completion_length"))
+    assert (config.beta, config.loss_top_k, config.max_completion_length) == (beta, 16, 9)
+    assert (config.distillation.divergence, config.distillation.teacher_top_k) == (divergence, 16)
+    assert config.divergence is None and config.teacher_top_k is None  # one source of truth after loading
 
 
 def test_examples_pair_each_clip_with_its_prompts(clips):

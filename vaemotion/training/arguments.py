@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -45,13 +46,21 @@ class VAEmotionTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Decode and process each clip once and keep it in memory (small data sets, e.g. the demo)."},
     )
-    max_response_tokens: int = field(default=64, metadata={"help": "Responses are cut to this many tokens."})
-    # -- distillation from the visual teacher
-    divergence: str = field(default="forward_kl", metadata={"help": f"KD divergence: one of {DIVERGENCE_KINDS}."})
-    temperature: float = field(default=1.0, metadata={"help": "KD temperature tau."})
-    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the generalised JSD, in (0, 1)."})
-    teacher_top_k: int | None = field(
-        default=None, metadata={"help": "Keep the teacher's top-k tokens (+ a rest bucket); None: all of them."}
+    max_completion_length: int = field(
+        default=64, metadata={"help": "Responses (the teacher's, or a manifest's answers) are cut to this many tokens."}
+    )
+    # -- distillation from the visual teacher, under TRL's names (DistillationConfig's beta and temperature, the
+    #    server distillation's loss_top_k); README, "TRL's names"
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "KD divergence as TRL's beta: 0 forward KL(teacher || student), 1 reverse KL, in between the "
+                  "generalised JSD whose mixture gives the teacher weight beta (0.5: symmetric JSD)."},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "KD temperature tau (the loss is scaled by tau^2)."})
+    loss_top_k: int | None = field(
+        default=None,
+        metadata={"help": "Keep the teacher's top-k tokens per position plus one tail bucket with the rest of its mass "
+                  "(TRL's loss_top_k with loss_add_tail); None or 0: the whole vocabulary."},
     )
     loss_chunk_size: int | None = field(default=256, metadata={"help": "Positions per chunk of the KD loss."})
     # -- LoRA on the LLM
@@ -65,9 +74,47 @@ class VAEmotionTrainingArguments(TrainingArguments):
     )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
+    # -- names before TRL's, still read: each warns and sets its TRL-named field
+    max_response_tokens: int | None = field(default=None, metadata={"help": "Deprecated: max_completion_length."})
+    divergence: str | None = field(
+        default=None, metadata={"help": f"Deprecated: beta (forward_kl = 0, reverse_kl = 1, jsd = jsd_beta); one of {DIVERGENCE_KINDS}."}
+    )
+    jsd_beta: float | None = field(default=None, metadata={"help": "Deprecated: beta, with divergence jsd."})
+    teacher_top_k: int | None = field(default=None, metadata={"help": "Deprecated: loss_top_k."})
+
     def __post_init__(self):
+        self._read_deprecated_names()
         super().__post_init__()
         self._validate_shared()
+
+    def _read_deprecated_names(self) -> None:
+        """Map the names used before TRL's (``max_response_tokens``, ``divergence`` + ``jsd_beta``, ``teacher_top_k``)
+        onto their TRL-named fields, with a FutureWarning each; a config that sets both names of one knob to
+        different values is refused."""
+        if self.divergence is not None and self.divergence not in DIVERGENCE_KINDS:
+            raise ValueError(f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}")
+        if self.divergence is None and self.jsd_beta is not None:
+            raise ValueError("jsd_beta only applies with divergence: jsd; set TRL's beta instead (e.g. beta: 0.5)")
+        beta = None
+        if self.divergence is not None:
+            jsd_beta = 0.5 if self.jsd_beta is None else self.jsd_beta
+            if self.divergence == "jsd" and not 0 < jsd_beta < 1:
+                raise ValueError(f"jsd_beta must lie in (0, 1), got {jsd_beta}")
+            beta = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": jsd_beta}[self.divergence]
+        renames = (
+            ("max_response_tokens", "max_completion_length", self.max_response_tokens, 64),
+            ("divergence" + ("/jsd_beta" if self.jsd_beta is not None else ""), "beta", beta, 0.0),
+            ("teacher_top_k", "loss_top_k", self.teacher_top_k, None),
+        )
+        for old, new, value, default in renames:
+            if value is None:
+                continue
+            current = getattr(self, new)
+            if current != default and current != value:
+                raise ValueError(f"{old} (deprecated) and {new} are both set, to different values: keep {new}")
+            warnings.warn(f"{old} is deprecated: use TRL's name {new} (here {new}={value!r})", FutureWarning, stacklevel=4)
+            setattr(self, new, value)
+        self.max_response_tokens = self.divergence = self.jsd_beta = self.teacher_top_k = None
 
     def _validate_shared(self) -> None:
         checks = [
@@ -75,15 +122,13 @@ class VAEmotionTrainingArguments(TrainingArguments):
             (self.model_dtype is None or self.model_dtype in MODEL_DTYPES,
              f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}"),
             (self.num_frames >= 1, f"num_frames must be at least 1, got {self.num_frames}"),
-            (self.max_response_tokens >= 2,
-             f"max_response_tokens must be at least 2 (a word and the end of turn), got {self.max_response_tokens}"),
-            (self.divergence in DIVERGENCE_KINDS,
-             f"divergence must be one of {DIVERGENCE_KINDS}, got {self.divergence!r}"),
+            (self.max_completion_length >= 2,
+             f"max_completion_length must be at least 2 (a word and the end of turn), got {self.max_completion_length}"),
+            (math.isfinite(self.beta) and 0 <= self.beta <= 1, f"beta must lie in [0, 1], got {self.beta}"),
             (math.isfinite(self.temperature) and self.temperature > 0,
              f"temperature must be positive, got {self.temperature}"),
-            (self.divergence != "jsd" or 0 < self.jsd_beta < 1, f"jsd_beta must lie in (0, 1), got {self.jsd_beta}"),
-            (self.teacher_top_k is None or self.teacher_top_k >= 1,
-             f"teacher_top_k must be at least 1 or None, got {self.teacher_top_k}"),
+            (self.loss_top_k is None or self.loss_top_k >= 0,
+             f"loss_top_k must be at least 1, or 0 or None for the whole vocabulary, got {self.loss_top_k}"),
             (self.loss_chunk_size is None or self.loss_chunk_size >= 1,
              f"loss_chunk_size must be at least 1 or None, got {self.loss_chunk_size}"),
             (self.lora_r >= 0, f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}"),
@@ -114,11 +159,8 @@ class VAEmotionTrainingArguments(TrainingArguments):
 
     @property
     def distillation(self) -> DistillationSettings:
-        return DistillationSettings(
-            divergence=self.divergence,
-            temperature=self.temperature,
-            jsd_beta=self.jsd_beta,
-            teacher_top_k=self.teacher_top_k,
+        return DistillationSettings.from_beta(
+            self.beta, temperature=self.temperature, teacher_top_k=self.loss_top_k or None,
             loss_chunk_size=self.loss_chunk_size,
         )
 

@@ -11,7 +11,7 @@ runs the teacher on its share of the clips and the main process merges the share
 
 Example::
 
-    vaemotion cache-teacher examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml --teacher_top_k 64
+    vaemotion cache-teacher examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml --loss_top_k 64
     accelerate launch --num_processes 8 -m vaemotion.cli cache-teacher examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml
     vaemotion train stage1 --config examples/configs/stage1_qwen2_5_vl_7b_whisper.yaml
 """
@@ -22,11 +22,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="the Stage 1 YAML config (its teacher_cache_dir and teacher_top_k are used)")
+    parser.add_argument("config", help="the Stage 1 YAML config (its teacher_cache_dir and loss_top_k are used)")
     parser.add_argument(
         "options",
         nargs=argparse.REMAINDER,
-        help="--overwrite to rebuild a stale cache, then any config field as a flag (e.g. --teacher_top_k 32)",
+        help="--overwrite to rebuild a stale cache, then any config field as a flag (e.g. --loss_top_k 32)",
     )
 
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     known, options = pre.parse_known_args(args.options)
     _, config = parse_stage_config("stage1", ["--config", args.config, *options])
     if not config.teacher_cache_dir:
-        raise SystemExit(f"{args.config}: set teacher_cache_dir (and teacher_top_k) to build a teacher cache")
+        raise SystemExit(f"{args.config}: set teacher_cache_dir (and loss_top_k) to build a teacher cache")
     from transformers import set_seed
 
     set_seed(config.seed)  # as `train stage1` does: a model built from parts gets the same new weights there

@@ -36,6 +36,23 @@ class DistillationSettings:
     teacher_top_k: int | None = None
     loss_chunk_size: int | None = 256
 
+    @classmethod
+    def from_beta(cls, beta: float, **fields) -> DistillationSettings:
+        """Settings whose divergence is TRL's ``beta``: 0 forward KL, 1 reverse KL, in between the generalised JSD
+        with teacher weight ``beta``.
+
+        >>> DistillationSettings.from_beta(0.0).divergence, DistillationSettings.from_beta(1.0).divergence
+        ('forward_kl', 'reverse_kl')
+        >>> settings = DistillationSettings.from_beta(0.25)
+        >>> settings.divergence, settings.jsd_beta
+        ('jsd', 0.25)
+        """
+        if beta == 0:
+            return cls(divergence="forward_kl", **fields)
+        if beta == 1:
+            return cls(divergence="reverse_kl", **fields)
+        return cls(divergence="jsd", jsd_beta=beta, **fields)
+
 
 def peft_or_model(model):
     """The model inside accelerate/DDP wrappers, keeping a peft wrapper (whose adapters can be disabled)."""

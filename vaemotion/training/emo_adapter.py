@@ -443,8 +443,8 @@ def _path_parts(outputs, batch, rows: slice, teacher, targets, config: EmoAdapte
     parts = {"lm_loss": response_cross_entropy(logits, batch["response_labels"][rows])}
     if teacher is not None:
         parts["kd_loss"] = distillation_loss(
-            logits, teacher, batch["response_mask"][rows], kind=config.divergence, temperature=config.temperature,
-            jsd_beta=config.jsd_beta,
+            logits, teacher, batch["response_mask"][rows], kind=config.distillation.divergence,
+            temperature=config.temperature, jsd_beta=config.distillation.jsd_beta,
         )  # fmt: skip
     labels = batch["emotion_labels"]
     if outputs.valence is not None:
@@ -594,7 +594,7 @@ def build_trainer(config: EmoAdapterConfig) -> EmoAdapterTrainer:
     collator = EmoAdapterCollator(
         processor, emotion_labels, paths=config.paths, with_teacher=config.kd_enabled,
         default_question=config.default_question, answer_template=config.answer_template,
-        system_prompt=config.system_prompt, max_response_tokens=config.max_response_tokens,
+        system_prompt=config.system_prompt, max_response_tokens=config.max_completion_length,
     )  # fmt: skip
     trainer = EmoAdapterTrainer(
         model=model,

@@ -44,7 +44,7 @@ Example (a tiny random model and one clip written on the spot):
 ...         container.mux(sound.encode(frame))
 ...     container.mux(sound.encode())
 >>> config = VGAlignConfig(output_dir=out_dir, model_name_or_path=model_dir, train_data=data_dir, use_cpu=True,
-...                        prompts=["describe the scene"], max_response_tokens=4, num_frames=4, max_steps=2,
+...                        prompts=["describe the scene"], max_completion_length=4, num_frames=4, max_steps=2,
 ...                        disable_tqdm=True, save_strategy="no", logging_steps=1)
 >>> train_from_config(config) == out_dir  # doctest: +ELLIPSIS
 VG-Align: trainable params ... 1 training examples (1 clips x prompts) on 1 process
@@ -140,11 +140,11 @@ class VGAlignConfig(VAEmotionTrainingArguments):
     Example:
 
     >>> config = VGAlignConfig(output_dir="out", model_name_or_path="model", train_data="clips", use_cpu=True)
-    >>> config.divergence, config.remove_unused_columns, config.report_to
-    ('forward_kl', False, [])
-    >>> VGAlignConfig(output_dir="out", model_name_or_path="m", train_data="d", divergence="kl")
+    >>> config.beta, config.distillation.divergence, config.remove_unused_columns, config.report_to
+    (0.0, 'forward_kl', False, [])
+    >>> VGAlignConfig(output_dir="out", model_name_or_path="m", train_data="d", beta=1.5)
     Traceback (most recent call last):
-    ValueError: divergence must be one of ('forward_kl', 'reverse_kl', 'jsd'), got 'kl'
+    ValueError: beta must lie in [0, 1], got 1.5
     """
 
     # -- model: model_name_or_path (shared), or a VLM and an audio encoder to assemble
@@ -223,11 +223,11 @@ class VGAlignConfig(VAEmotionTrainingArguments):
         check(isinstance(self.teacher_generation_kwargs, dict), "teacher_generation_kwargs must be a mapping (JSON)")
         length_keys = sorted(set(self.teacher_generation_kwargs) & {"max_new_tokens", "max_length", "min_new_tokens"})
         check(not length_keys, f"teacher_generation_kwargs sets {length_keys}: the response length is "
-                               "max_response_tokens (which also bounds the cached and distilled tokens)")
+                               "max_completion_length (which also bounds the cached and distilled tokens)")
         check(self.teacher_batch_size >= 1, f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
-        check(self.teacher_cache_dir is None or self.teacher_top_k is not None,
-              "teacher_cache_dir needs teacher_top_k: the cache stores the teacher's top-k log-probabilities "
-              "(e.g. teacher_top_k: 64)")
+        check(self.teacher_cache_dir is None or bool(self.loss_top_k),
+              "teacher_cache_dir needs loss_top_k: the cache stores the teacher's top-k log-probabilities "
+              "(e.g. loss_top_k: 64)")
         check(self.kd_weight >= 0 and self.ce_weight >= 0, "kd_weight and ce_weight must be >= 0")
         check(self.kd_weight > 0 or self.ce_weight > 0, "kd_weight and ce_weight are both 0: nothing to train")
         check(self.answer_head_weight >= 0, f"answer_head_weight must be >= 0, got {self.answer_head_weight}")
@@ -528,13 +528,13 @@ def teacher_fingerprint(model, processor, config) -> dict[str, str]:
         "responses": fingerprint_json(
             {
                 "source": config.response_source,
-                "max_response_tokens": config.max_response_tokens,
+                "max_response_tokens": config.max_completion_length,
                 "generation": config.teacher_generation_kwargs,
                 "system_prompt": config.system_prompt,
                 "num_frames": config.num_frames,
             }
         ),
-        "targets": fingerprint_json({"top_k": config.teacher_top_k, "temperature": config.temperature}),
+        "targets": fingerprint_json({"top_k": config.loss_top_k, "temperature": config.temperature}),
     }
 
 
@@ -570,7 +570,7 @@ def build_teacher_cache(
 
     state = PartialState()
     vocab_size = unwrap(model).config.get_text_config().vocab_size
-    settings = {"k": min(config.teacher_top_k, vocab_size), "temperature": config.temperature, "vocab_size": vocab_size}
+    settings = {"k": min(config.loss_top_k, vocab_size), "temperature": config.temperature, "vocab_size": vocab_size}
     directory = config.teacher_cache_dir
     if state.num_processes == 1:
         with TeacherCacheWriter(directory, fingerprint, overwrite=overwrite, **settings) as writer:
@@ -612,7 +612,7 @@ def _add_teacher_records(
             responses = [item.get("response_ids") for item in items]
             if config.response_source == "teacher":
                 generated = generate_responses(
-                    model, processor, items, max_new_tokens=config.max_response_tokens,
+                    model, processor, items, max_new_tokens=config.max_completion_length,
                     batch_size=len(items), generation_kwargs=config.teacher_generation_kwargs,
                     system_prompt=config.system_prompt,
                 )  # fmt: skip
@@ -867,7 +867,7 @@ def stage1_dataset(records: Sequence[ClipRecord], processor, config, *, cache: T
     responses = None
     if cache is None and config.response_source == "caption":
         examples = pair_clips_with_prompts(records, len(config.prompts), config.prompts_per_clip)
-        responses = caption_responses(records, examples, processor.tokenizer, config.max_response_tokens,
+        responses = caption_responses(records, examples, processor.tokenizer, config.max_completion_length,
                                       media_token_ids(processor))
     return VGAlignDataset(
         records,
@@ -913,7 +913,7 @@ def build_datasets(model, processor, config) -> tuple[VGAlignDataset, VGAlignDat
         for dataset in built:
             shard = Subset(dataset, list(range(state.process_index, len(dataset), state.num_processes)))
             generated = generate_responses(
-                model, processor, shard, max_new_tokens=config.max_response_tokens,
+                model, processor, shard, max_new_tokens=config.max_completion_length,
                 batch_size=config.teacher_batch_size, generation_kwargs=config.teacher_generation_kwargs,
                 system_prompt=config.system_prompt, num_workers=config.dataloader_num_workers,
             )  # fmt: skip
