@@ -95,6 +95,7 @@ def build_model(preset: str, device: str, dtype: torch.dtype, attn: str) -> VAEm
         config = tiny_vaemotion_config(build_tiny_tokenizer(), window_seconds=PRESETS["tiny"]["window_seconds"])
     else:
         config = qwen2_5_vl_7b_whisper_large_v3_config()
+    config.fast_vision_tower = True  # the batched window attention and matmul patch embedding measured here
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -33,6 +33,7 @@ CODE_FILES = [
     "modeling_vaemotion.py",
     "pipeline_vaemotion.py",
     "processing_vaemotion.py",
+    "transformers_compat.py",
 ]
 EXPORTED_FILES = sorted(
     CODE_FILES
@@ -301,6 +302,8 @@ FRESH_PROCESS = textwrap.dedent(
     """
     import importlib.util, sys
 
+    if sys.argv[3] != "installed":  # another transformers release, installed with --no-deps --target
+        sys.path.insert(0, sys.argv[3])
     # The editable install's finder would import vaemotion from the working tree: drop it, then prove it is gone.
     sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
     sys.path[:] = [entry for entry in sys.path if "__editable__" not in entry]
@@ -313,8 +316,10 @@ FRESH_PROCESS = textwrap.dedent(
         raise AssertionError("vaemotion imported")
 
     import torch
+    import transformers
     from transformers import AutoModel, AutoModelForImageTextToText, pipeline
 
+    assert sys.argv[3] == "installed" or transformers.__file__.startswith(sys.argv[3]), transformers.__file__
     clip, expected_logits_path = sys.argv[1], sys.argv[2]
     classifier = pipeline(model="{repo_id}", trust_remote_code=True)
     assert type(classifier).__module__.startswith("transformers_modules."), type(classifier).__module__
@@ -335,8 +340,15 @@ FRESH_PROCESS = textwrap.dedent(
     direct = AutoModelForImageTextToText.from_pretrained("{adapter_repo_id}", trust_remote_code=True)
     with torch.no_grad():
         torch.testing.assert_close(direct(input_ids=ids).logits, expected)
+    described = classifier(clip, num_frames=4, describe=True, max_new_tokens=3)
+    assert isinstance(described["description"], str), described
+    # this release's generate() hands the KV cache back under its own name: decoding with it equals decoding without
+    greedy = dict(max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        cached = auto_model.generate(input_ids=ids, **greedy)
+        torch.testing.assert_close(cached, auto_model.generate(input_ids=ids, use_cache=False, **greedy))
     assert not any(name.split(".")[0] == "vaemotion" for name in sys.modules)
-    print("FRESH PROCESS OK")
+    print("FRESH PROCESS OK", transformers.__version__)
     """
 ).format(repo_id=REPO_ID, adapter_repo_id=ADAPTER_REPO_ID)
 
@@ -353,7 +365,18 @@ def seed_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_load_by_repo_id_offline_without_the_package(model_dir, adapter, av_clip, tmp_path):
+def transformers_releases() -> list[str]:
+    """The installed transformers, then every other release that scripts/fetch_transformers_releases.sh installed
+    (CI: two older minors), each a folder to put first on the fresh process's path."""
+    root = Path(os.environ.get("VAEMOTION_TRANSFORMERS_RELEASES", "~/.cache/vaemotion/transformers-releases"))
+    releases = sorted(root.expanduser().glob("*/transformers"), key=lambda path: [int(part) for part in path.parent.name.split(".")])
+    return ["installed", *(str(path.parent) for path in releases)]
+
+
+@pytest.mark.parametrize("release", transformers_releases(), ids=lambda release: Path(release).name)
+def test_load_by_repo_id_offline_without_the_package(model_dir, adapter, av_clip, tmp_path, release):
+    """A pushed checkpoint loads and answers as remote code with the package not importable, under the installed
+    transformers and under every other release prepared (the remote code's range: 5.20 to 5.25)."""
     adapter_dir, adapter_logits = adapter
     exported, adapter_exported = tmp_path / "exported", tmp_path / "adapter_exported"
     assert main(["push", "--model", str(model_dir), "--repo-id", REPO_ID, "--dry-run", str(exported)]) == 0
@@ -376,7 +399,7 @@ def test_load_by_repo_id_offline_without_the_package(model_dir, adapter, av_clip
     }
     # -I: no PYTHONPATH, no user site, and the script's folder (not the repository) first on sys.path.
     completed = subprocess.run(
-        [sys.executable, "-I", str(script), av_clip, str(expected)],
+        [sys.executable, "-I", str(script), av_clip, str(expected), release],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -464,12 +464,39 @@ def test_eager_and_sdpa_agree(tokenizer):
     torch.testing.assert_close(eager_model(**inputs).logits, sdpa, atol=1e-4, rtol=1e-4)
 
 
-def test_batched_window_attention_equals_the_stock_vision_attention(qwen_model):
+@pytest.fixture(scope="module")
+def fast_qwen_model(tokenizer):
+    return build_model(tokenizer, fast_vision_tower=True)
+
+
+def test_the_fast_vision_tower_is_opt_in_and_keeps_modules_it_does_not_fit(qwen_model, tokenizer, monkeypatch):
+    """By default the VLM keeps transformers' own vision modules; with the flag they are swapped, except a module
+    lacking an internal the fast code reads (as another transformers release might)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed, Qwen2_5_VLVisionAttention
+
+    import vaemotion.modeling_vaemotion as modeling
+
+    visual = qwen_model.vlm.model.visual
+    assert all(type(block.attn) is Qwen2_5_VLVisionAttention for block in visual.blocks)
+    assert type(visual.patch_embed) is Qwen2_5_VisionPatchEmbed
+    monkeypatch.setattr(modeling, "_attention_fits_batched_windows", lambda module: False)
+    fast = build_model(tokenizer, fast_vision_tower=True).vlm.model.visual
+    assert all(type(block.attn) is Qwen2_5_VLVisionAttention for block in fast.blocks)
+    assert type(fast.patch_embed) is modeling.VAEmotionLinearPatchEmbed
+    monkeypatch.undo()
+    stock_attention = copy.deepcopy(visual.blocks[0].attn)
+    assert modeling._attention_fits_batched_windows(stock_attention)
+    del stock_attention.scaling
+    assert not modeling._attention_fits_batched_windows(stock_attention)
+
+
+def test_batched_window_attention_equals_the_stock_vision_attention(fast_qwen_model):
     """Windows of equal length are attended in one SDPA call; uneven grids give windows of several lengths."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
 
     from vaemotion.modeling_vaemotion import VAEmotionWindowedVisionAttention
 
+    qwen_model = fast_qwen_model
     blocks = qwen_model.vlm.model.visual.blocks
     assert all(type(block.attn) is VAEmotionWindowedVisionAttention for block in blocks)
     grid = torch.tensor([[2, 10, 6], [2, 8, 16], [4, 6, 6]])
@@ -486,13 +513,13 @@ def test_batched_window_attention_equals_the_stock_vision_attention(qwen_model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matmul_patch_embedding_equals_the_stock_conv3d(qwen_model, dtype):
+def test_matmul_patch_embedding_equals_the_stock_conv3d(fast_qwen_model, dtype):
     """The patch embedding's Conv3d (stride == kernel) computed as one matmul of the flattened patches."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed
 
     from vaemotion.modeling_vaemotion import VAEmotionLinearPatchEmbed
 
-    embed = qwen_model.vlm.model.visual.patch_embed
+    embed = fast_qwen_model.vlm.model.visual.patch_embed
     assert type(embed) is VAEmotionLinearPatchEmbed
     embed = copy.deepcopy(embed).to(dtype)
     stock = copy.deepcopy(embed)
@@ -509,6 +536,7 @@ def test_window_groups_are_found_once_per_forward_not_once_per_layer(tokenizer, 
 
     config = tiny_vaemotion_config(tokenizer, window_seconds=WINDOW_SECONDS)
     config.vlm_config = tiny_qwen2_5_vl_config(tokenizer, vision_depth=6)  # five windowed layers, one full
+    config.fast_vision_tower = True
     model = VAEmotionForConditionalGeneration(config).eval()
     computed = []
     original = modeling._compute_window_groups

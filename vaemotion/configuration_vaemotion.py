@@ -72,6 +72,11 @@ class VAEmotionConfig(PreTrainedConfig):
             + aux_emotion_loss_weight * (emotion loss of the heads on each path's pooled bottleneck)`.
         va_loss_weight / category_loss_weight (`float`): weights of the two parts of the emotion loss.
         freeze_audio_encoder (`bool`, defaults to `True`): whether Stage 1 keeps the audio encoder frozen.
+        fast_vision_tower (`bool`, defaults to `False`):
+            Qwen2.5-VL vision towers only: attend all windows of one length in one SDPA call and run the patch
+            embedding as one matmul (same weights, same outputs; much faster on GPU for batches of videos, see
+            benchmarks/RESULTS.md). Opt-in, because it swaps the class of the VLM's own modules; modules whose
+            internals differ in the installed transformers keep the stock code.
 
     Example:
 
@@ -117,6 +122,7 @@ class VAEmotionConfig(PreTrainedConfig):
     va_loss_weight: float = 1.0
     category_loss_weight: float = 1.0
     freeze_audio_encoder: bool = True
+    fast_vision_tower: bool = False
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 

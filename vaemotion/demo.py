@@ -133,6 +133,7 @@ def build_tiny_parts(settings: DemoSettings, seed: int, audio_encoder: str | Non
         pad_audio_to_window=pretrained is None,
     )
     config = tiny_vaemotion_config(tokenizer, window_seconds=window, audio_pool_stride=4)
+    config.fast_vision_tower = True  # the stand-in is a Qwen2.5-VL: one attention call per window length
     vision = config.vlm_config.vision_config
     vision.hidden_size, vision.intermediate_size, vision.num_heads = 64, 128, 4
     if pretrained is not None:
@@ -340,9 +341,9 @@ def run_stage1(model_dir: Path, manifest: Path, output_dir: Path, settings: Demo
         train_data=str(manifest),
         prompts=list(SIGHT_QUESTIONS),
         response_source="teacher",
-        max_response_tokens=4,
+        max_completion_length=4,
         teacher_cache_dir=str(output_dir / "teacher_cache"),
-        teacher_top_k=settings.teacher_top_k,
+        loss_top_k=settings.teacher_top_k,
         temperature=settings.temperature,
         train_audio_encoder=settings.train_audio_encoder,
         # At the demo's learning rate, training the two delimiter rows too cost the quick run 11 points of
@@ -362,11 +363,11 @@ def run_stage2(model_dir: Path, manifest: Path, output_dir: Path, settings: Demo
         train_data=str(manifest),
         default_question=EMOTION_QUESTION,
         answer_template="{emotion}",
-        max_response_tokens=4,
+        max_completion_length=4,
         va_loss="mse+ccc",
         lora_r=settings.stage2_lora_r,
         lora_alpha=2 * settings.stage2_lora_r,
-        teacher_top_k=settings.teacher_top_k,
+        loss_top_k=settings.teacher_top_k,
         temperature=settings.temperature,
         **ablation,
         **common_training_args(settings, output_dir, settings.stage2_epochs, settings.stage2_learning_rate, seed),

@@ -86,7 +86,7 @@ def save_for_hub(model, processor, save_directory: str | os.PathLike) -> list[st
     >>> model = VAEmotionForConditionalGeneration(tiny_vaemotion_config(processor.tokenizer, window_seconds=2))
     >>> files = save_for_hub(model, processor, tempfile.mkdtemp())
     >>> "model.safetensors" in files, "pipeline_vaemotion.py" in files, len([n for n in files if n.endswith(".py")])
-    (True, True, 6)
+    (True, True, 7)
     ```
     """
     if getattr(model, "_hf_peft_config_loaded", False) or hasattr(model, "peft_config"):

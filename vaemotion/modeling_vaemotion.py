@@ -23,8 +23,6 @@ from transformers import AutoModel, AutoModelForImageTextToText, GenerationMixin
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionPatchEmbed,
     Qwen2_5_VLVisionAttention,
@@ -32,7 +30,6 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import can_return_tuple, logging
-from transformers.utils.deprecation import deprecate_kwarg
 
 from .backbones import (
     AUDIO_TOKEN_TYPE,
@@ -44,6 +41,7 @@ from .backbones import (
     load_vlm_tokenizer,
 )
 from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
+from .transformers_compat import CACHE_NAME, CausalLMOutputBase, cache_argument, cache_of, slice_logits_to_keep
 
 
 logger = logging.get_logger(__name__)
@@ -56,7 +54,7 @@ STAGE_TRAINABLE_MODULES = {
 
 
 @dataclass
-class VAEmotionOutput(MultimodalCausalLMOutputWithPast):
+class VAEmotionOutput(CausalLMOutputBase):
     r"""
     Output of [`VAEmotionForConditionalGeneration`]: the language-model outputs plus the EmoAdapter's predictions and
     every loss part (each `None` when its inputs were not given).
@@ -317,18 +315,35 @@ class VAEmotionLinearPatchEmbed(Qwen2_5_VisionPatchEmbed):
 
 def use_fast_vision_tower(vlm: PreTrainedModel) -> int:
     """Give a Qwen2.5-VL vision tower the batched window attention and the matmul patch embedding, in place
-    (parameters and checkpoint keys are unchanged). Returns the number of modules switched."""
+    (parameters and checkpoint keys are unchanged), where the stock modules have the internals these rely on (this
+    transformers release's attention takes ``cu_seqlens`` and ``position_embeddings`` and keeps ``qkv``, ``proj``,
+    ``num_heads``, ``head_dim`` and ``scaling``; the patch embedding is a Conv3d with stride == kernel). Any other
+    module keeps the stock code. Returns the number of modules switched.
+
+    Opt-in (``config.fast_vision_tower``): it changes the class of another model's modules.
+    """
     visual = getattr(getattr(vlm, "model", None), "visual", None)
-    swaps = {
-        Qwen2_5_VLVisionAttention: VAEmotionWindowedVisionAttention,
-        Qwen2_5_VisionPatchEmbed: VAEmotionLinearPatchEmbed,
-    }
     switched = 0
     for module in visual.modules() if visual is not None else ():
-        if type(module) in swaps:
-            module.__class__ = swaps[type(module)]
-            switched += 1
+        if type(module) is Qwen2_5_VLVisionAttention and _attention_fits_batched_windows(module):
+            module.__class__ = VAEmotionWindowedVisionAttention
+        elif type(module) is Qwen2_5_VisionPatchEmbed and _patch_embed_is_a_matmul(module):
+            module.__class__ = VAEmotionLinearPatchEmbed
+        else:
+            continue
+        switched += 1
     return switched
+
+
+def _attention_fits_batched_windows(module: nn.Module) -> bool:
+    takes = inspect.signature(Qwen2_5_VLVisionAttention.forward).parameters
+    keeps = ("qkv", "proj", "num_heads", "head_dim", "scaling", "config")
+    return {"cu_seqlens", "position_embeddings"} <= set(takes) and all(hasattr(module, name) for name in keeps)
+
+
+def _patch_embed_is_a_matmul(module: nn.Module) -> bool:
+    conv = getattr(module, "proj", None)
+    return isinstance(conv, nn.Conv3d) and conv.stride == conv.kernel_size and conv.padding == (0, 0, 0)
 
 
 class VAEmotionPreTrainedModel(PreTrainedModel):
@@ -339,7 +354,7 @@ class VAEmotionPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["VAEmotionEmotionEnhancer"]
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -404,7 +419,8 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
         self.emotion_enhancer = VAEmotionEmotionEnhancer(config) if config.use_emotion_enhancer else None
         self.emotion_supervisor = VAEmotionEmotionSupervisor(config) if config.use_emotion_supervisor else None
         self.audio_state_memo: FrozenAudioStateMemo | None = None
-        use_fast_vision_tower(self.vlm)
+        if config.fast_vision_tower:
+            use_fast_vision_tower(self.vlm)
         self.post_init()
 
     def initialize_weights(self):
@@ -689,7 +705,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
 
     # ------------------------------------------------------------------------------------------------ forward
     @can_return_tuple  # honours `return_dict=False` (argument or config) as transformers models do
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # else it reached the VLM beside cache=None
+    @cache_argument  # past_key_values too: else it reached the VLM beside cache=None
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -779,7 +795,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
 
         result = VAEmotionOutput(
             logits=logits,
-            cache=outputs.cache if use_cache is not False else None,
+            **{CACHE_NAME: cache_of(outputs) if use_cache is not False else None},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -839,7 +855,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
             "inputs_embeds": inputs_embeds,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
-            "cache": cache,
+            CACHE_NAME: cache,
             "use_cache": use_cache,
             **extra,
         }
