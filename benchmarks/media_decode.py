@@ -2,7 +2,7 @@
 
 Compares, in the same run and on the same pinned CPU core:
 
-* **VAEmotion**: `VAEmotionProcessor(text, videos=[path], use_audio_in_video=True, num_frames=...)`: one demux pass
+* **VAEmotion**: `VAEmotionProcessor(text, videos=[path], load_audio_from_video=True, num_frames=...)`: one demux pass
   gives the sampled frames and the audio under them (`vaemotion.media.load_video`).
 * **transformers, two decodes**: `transformers.video_utils.load_video(path, backend="pyav")` for the frames, then a
   second PyAV pass for the audio track (`transformers.audio_utils.load_audio` cannot read mp4 without torchcodec;
@@ -68,7 +68,7 @@ def build_processor():
 
 
 def vaemotion_inputs(processor, path, num_frames):
-    return processor(text=PROMPT, videos=[path], use_audio_in_video=True, num_frames=num_frames, return_tensors="pt")
+    return processor(text=PROMPT, videos=[path], load_audio_from_video=True, num_frames=num_frames, return_tensors="pt")
 
 
 def pyav_audio_track(path, sampling_rate=16000):

@@ -122,11 +122,12 @@ def test_llava_keeps_its_template_and_sees_a_video_as_frames(llava_dir, whisper_
     processor = VAEmotionProcessor.from_vlm_and_audio_pretrained(llava_dir[0], whisper_dir)
     assert processor.chat_template == CHATML and processor.frame_multiple == 1
     clip = write_video(tmp_path / "clip.mp4", seconds=1.0, fps=8, size=(32, 32), sampling_rate=16000)
-    messages = [{"role": "user", "content": [{"type": "video", "path": clip}, {"type": "text", "text": "what is the mood ?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, use_audio_in_video=True)
+    messages = [{"role": "user", "content": [{"type": "video", "path": clip}, {"type": "audio"},
+                                             {"type": "text", "text": "what is the mood ?"}]}]  # fmt: skip
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, load_audio_from_video=True)
     assert prompt.startswith("<|im_start|>system\nYou are a small helpful model.<|im_end|>\n<|im_start|>user\n")
     inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, use_audio_in_video=True, tokenize=True, return_dict=True,
+        messages, add_generation_prompt=True, load_audio_from_video=True, tokenize=True, return_dict=True,
         return_tensors="pt", processor_kwargs={"num_frames": 3},
     )  # fmt: skip
     ids = inputs["input_ids"][0]

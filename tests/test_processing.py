@@ -110,16 +110,17 @@ def test_video_with_its_soundtrack_through_the_chat_template(processor, av_clip)
             "content": [
                 {"type": "audio", "path": av_clip},  # a standalone audio first: the whole 2 s track
                 {"type": "video", "path": av_clip},
+                {"type": "audio"},  # transformers' omni convention: an empty audio part after the video, its sound
                 {"type": "text", "text": "what is the mood ?"},
             ],
         }
     ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, use_audio_in_video=True)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, load_audio_from_video=True)
     assert f"{AUDIO}<|vision_start|><|video_pad|><|vision_end|>{AUDIO}what" in prompt
     inputs = processor.apply_chat_template(
         messages,
         add_generation_prompt=True,
-        use_audio_in_video=True,
+        load_audio_from_video=True,
         tokenize=True,
         return_dict=True,
         return_tensors="pt",
@@ -138,17 +139,87 @@ def test_video_with_its_soundtrack_through_the_chat_template(processor, av_clip)
     assert ((inputs["mm_token_type_ids"] == 2) == (ids == processor.video_token_id)).all()
 
 
+def test_use_audio_in_video_is_a_deprecated_alias_that_writes_the_soundtrack_part(processor, av_clip):
+    with_part = [{"role": "user", "content": [{"type": "video", "path": av_clip}, {"type": "audio"},
+                                              {"type": "text", "text": "hi"}]}]  # fmt: skip
+    without = [{"role": "user", "content": [{"type": "video", "path": av_clip}, {"type": "text", "text": "hi"}]}]
+    expected = processor.apply_chat_template(with_part, load_audio_from_video=True, tokenize=True, return_dict=True,
+                                             return_tensors="pt", num_frames=4)  # fmt: skip
+    with pytest.warns(FutureWarning, match="use_audio_in_video is deprecated.*load_audio_from_video"):
+        old = processor.apply_chat_template(without, use_audio_in_video=True, tokenize=True, return_dict=True,
+                                            return_tensors="pt", num_frames=4)  # fmt: skip
+    torch.testing.assert_close(old["input_ids"], expected["input_ids"])
+    torch.testing.assert_close(old["input_features"], expected["input_features"])
+    with pytest.warns(FutureWarning):
+        called = processor(text=f"<|video_pad|>{AUDIO}", videos=[av_clip], use_audio_in_video=True, num_frames=4,
+                           return_tensors="pt")  # fmt: skip
+    torch.testing.assert_close(called["input_features"], expected["input_features"])
+    with pytest.raises(VAEmotionInputError, match="load_audio_from_video and its deprecated name .* disagree"):
+        processor(text="hi", use_audio_in_video=True, load_audio_from_video=False)
+
+
+def test_a_batch_mixes_videos_with_and_without_sound_and_silent_videos_lose_their_slot(processor, av_clip, silent_clip):
+    """Per sample: a video followed by an empty audio part brings its sound, one without does not; a silent video
+    whose sound was asked for loses its slot instead of failing the batch (transformers' omni processors fail)."""
+    def conversation(video, sound):
+        parts = [{"type": "video", "path": video}, *([{"type": "audio"}] if sound else []), {"type": "text", "text": "hi"}]
+        return [{"role": "user", "content": parts}]
+
+    batch = [conversation(av_clip, True), conversation(av_clip, False), conversation(silent_clip, True)]
+    inputs = processor.apply_chat_template(batch, load_audio_from_video=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", padding=True, num_frames=4)  # fmt: skip
+    assert inputs["input_features"].shape[0] == 1  # the first sample's soundtrack only
+    audio_rows = (inputs["input_ids"] == processor.audio_token_id).sum(-1).tolist()
+    assert audio_rows[0] > 0 and audio_rows[1] == audio_rows[2] == 0
+    assert not (inputs["input_ids"][2] == processor.audio_bos_token_id).any()  # the slot left with its delimiters
+    alone = processor.apply_chat_template(conversation(av_clip, True), load_audio_from_video=True, tokenize=True,
+                                          return_dict=True, return_tensors="pt", num_frames=4)  # fmt: skip
+    torch.testing.assert_close(inputs["input_features"], alone["input_features"])
+    with pytest.raises(VAEmotionInputError, match="no video is followed by an empty audio part"):
+        processor.apply_chat_template(conversation(av_clip, False), load_audio_from_video=True)
+
+
+def test_audio_from_video_indices_name_each_slots_source(processor, av_clip):
+    """transformers' `audio_from_video_indices`: None takes the next standalone audio, i the soundtrack of video i,
+    whatever the order in the text; the same windows as the default rule where both apply."""
+    standalone = {"array": np.full(16000, 0.1, np.float32), "sampling_rate": 16000}
+    text = [f"{AUDIO}<|video_pad|>{AUDIO}", f"<|video_pad|>{AUDIO}"]
+    by_rule = processor(text=text, videos=[av_clip, av_clip], audio=[standalone], load_audio_from_video=True,
+                        num_frames=4, return_tensors="pt", padding=True)  # fmt: skip
+    named = processor(text=text, videos=[av_clip, av_clip], audio=[standalone], audio_from_video_indices=[None, 0, 1],
+                      num_frames=4, return_tensors="pt", padding=True)  # fmt: skip
+    torch.testing.assert_close(named["input_features"], by_rule["input_features"])
+    swapped = processor(text=[f"{AUDIO}<|video_pad|>{AUDIO}"], videos=[av_clip], audio=[standalone],
+                        audio_from_video_indices=[0, None], num_frames=4, return_tensors="pt")  # fmt: skip
+    lengths = swapped["feature_attention_mask"].sum(-1).tolist()
+    assert lengths == [200, 100]  # the soundtrack (2 s) first, then the 1 s standalone audio
+    cases = [
+        ([0], "has 1 entries but the text has 3 audio placeholders"),
+        ([None, 0, 2], r"must be None or a video index in \[0, 2\), got 2"),
+        ([None, 1, 0], "videos\\[1\\] is in sample 1, its slot in sample 0"),
+        ([None, None, 1], "has 2 standalone slots .None. but 1 audio inputs"),
+        ("0", "must be a list with one entry per audio placeholder"),
+    ]
+    for indices, message in cases:
+        with pytest.raises(VAEmotionInputError, match=message):
+            processor(text=text, videos=[av_clip, av_clip], audio=[standalone], audio_from_video_indices=indices,
+                      num_frames=4)  # fmt: skip
+    with pytest.raises(VAEmotionInputError, match="a video's soundtrack can fill one slot"):
+        processor(text=f"<|video_pad|>{AUDIO}{AUDIO}", videos=[av_clip], audio_from_video_indices=[0, 0], num_frames=4)
+
+
 def test_video_clips_and_frames(processor, av_clip):
     clip = load_video(av_clip, num_frames=4)
     text = f"<|vision_start|><|video_pad|><|vision_end|>{AUDIO}"
-    from_clip = processor(text=text, videos=[clip], use_audio_in_video=True, return_tensors="pt")
-    from_path = processor(text=text, videos=[av_clip], use_audio_in_video=True, num_frames=4, return_tensors="pt")
+    from_clip = processor(text=text, videos=[clip], load_audio_from_video=True, return_tensors="pt")
+    from_path = processor(text=text, videos=[av_clip], load_audio_from_video=True, num_frames=4, return_tensors="pt")
     torch.testing.assert_close(from_clip["pixel_values_videos"], from_path["pixel_values_videos"])
     torch.testing.assert_close(from_clip["input_features"], from_path["input_features"])
-    with pytest.raises(VAEmotionInputError, match="videos: use_audio_in_video=True needs videos given as paths"):
-        processor(text=text, videos=[clip.frames], use_audio_in_video=True)
-    with pytest.raises(VAEmotionInputError, match="every video needs an audio placeholder after it"):
-        processor(text=f"<|video_pad|><|video_pad|>{AUDIO * 2}", videos=[clip, clip], use_audio_in_video=True)
+    with pytest.raises(VAEmotionInputError, match=r"videos\[0\]: its soundtrack was asked for, which needs a path"):
+        processor(text=text, videos=[clip.frames], load_audio_from_video=True)
+    with pytest.raises(VAEmotionInputError, match="2 follow a video and take its soundtrack"):
+        processor(text=f"<|video_pad|>{AUDIO}<|video_pad|>{AUDIO}", videos=[clip, clip], audio=[clip.audio],
+                  sampling_rate=16000, load_audio_from_video=True)  # fmt: skip
     frames_only = processor(
         text="<|video_pad|>", videos=[clip.frames[:3]], video_metadata=[clip.metadata], return_tensors="pt"
     )
@@ -156,11 +227,12 @@ def test_video_clips_and_frames(processor, av_clip):
 
 
 def test_silent_video_with_audio_requested(processor, silent_clip):
-    messages = [{"role": "user", "content": [{"type": "video", "path": silent_clip}]}]
-    with pytest.raises(VAEmotionInputError, match=f"{silent_clip}: the video has no audio stream"):
-        processor.apply_chat_template(messages, tokenize=True, return_dict=True, use_audio_in_video=True)
-    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    messages = [{"role": "user", "content": [{"type": "video", "path": silent_clip}, {"type": "audio"}]}]
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, load_audio_from_video=True)
     assert "input_features" not in inputs and "pixel_values_videos" in inputs
+    assert processor.audio_bos_token_id not in inputs["input_ids"][0]
+    with pytest.raises(VAEmotionInputError, match=f"{silent_clip}: the video has no audio stream"):
+        load_video(silent_clip, num_frames=4, with_audio=True)
 
 
 def test_save_and_load_round_trip(tmp_path, av_clip):

@@ -128,7 +128,7 @@ def test_raw_media_through_the_processor_and_the_model(recipe, synth):
     root, train = synth
     video = str(root / train[0]["video"])
     cases = {
-        "video+soundtrack": ([{"type": "video", "path": video}], True),
+        "video+soundtrack": ([{"type": "video", "path": video}, {"type": "audio"}], True),
         "image": ([{"type": "image", "path": str(root / "picture.png")}], False),
         "audio file": ([{"type": "audio", "path": str(root / "sound.wav")}], False),
     }
@@ -136,7 +136,7 @@ def test_raw_media_through_the_processor_and_the_model(recipe, synth):
         messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "What is the mood?"}]}]
         inputs = processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            use_audio_in_video=soundtrack, processor_kwargs={"num_frames": NUM_FRAMES[family]},
+            load_audio_from_video=soundtrack, processor_kwargs={"num_frames": NUM_FRAMES[family]},
         )  # fmt: skip
         ids = inputs["input_ids"]
         if "input_features" in inputs:
@@ -168,8 +168,8 @@ def stage1_yaml(root: Path, vlm_dir: Path, whisper_dir: Path, data: Path, family
     config = {
         "vlm_name_or_path": str(vlm_dir), "audio_name_or_path": str(whisper_dir), "train_data": str(data),
         "output_dir": str(root / "stage1"), "prompts": ["What is the mood?", "Describe the scene."],
-        "prompts_per_clip": 1, "max_response_tokens": 4, "num_frames": NUM_FRAMES[family],
-        "teacher_cache_dir": str(root / "cache"), "teacher_top_k": 8, "teacher_batch_size": 2,
+        "prompts_per_clip": 1, "max_completion_length": 4, "num_frames": NUM_FRAMES[family],
+        "teacher_cache_dir": str(root / "cache"), "loss_top_k": 8, "teacher_batch_size": 2,
         "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1, "save_strategy": "no",
         "learning_rate": 1e-2, "warmup_steps": 0, "use_cpu": True, "disable_tqdm": True, "seed": 0,
         "dataloader_num_workers": 0,
@@ -229,9 +229,9 @@ def test_the_whole_journey_through_the_cli(vlm, whisper_dir, synth, tmp_path):
     assert main([
         "train", "stage2", "--model_name_or_path", str(stage1), "--train_data", str(root / "stage2.jsonl"),
         "--output_dir", str(stage2), "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--num_frames", str(NUM_FRAMES[family]), "--max_response_tokens", "4", "--learning_rate", "1e-2",
+        "--num_frames", str(NUM_FRAMES[family]), "--max_completion_length", "4", "--learning_rate", "1e-2",
         "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true", "--report_to", "none",
-        "--dataloader_num_workers", "0", "--teacher_top_k", "8",
+        "--dataloader_num_workers", "0", "--loss_top_k", "8",
     ]) == 0  # fmt: skip
     trained = parameters(stage2)
     assert not torch.equal(trained["emotion_enhancer.up.weight"], torch.zeros_like(trained["emotion_enhancer.up.weight"]))

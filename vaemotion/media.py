@@ -367,6 +367,20 @@ def _check_sampling_arguments(num_frames, fps, frame_multiple) -> None:
         raise VAEmotionInputError(f"frame_multiple: must be a whole number >= 1, got {frame_multiple!r}")
 
 
+def has_audio_stream(path) -> bool:
+    """Whether the media file at `path` has an audio stream (read from its header, nothing decoded).
+
+    Raises:
+        [`VAEmotionInputError`]: a missing or unreadable file.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise VAEmotionInputError(f"video: must be a path to a media file, got {type(path).__name__}")
+    path = os.fspath(path)
+    _check_file(path)
+    with _open_container(path) as container:
+        return bool(container.streams.audio)
+
+
 def load_video(
     path,
     num_frames: int | None = None,
@@ -582,6 +596,7 @@ __all__ = [
     "VAEmotionInputError",
     "VideoClip",
     "load_audio",
+    "has_audio_stream",
     "load_video",
     "resample_audio",
     "sample_frame_indices",

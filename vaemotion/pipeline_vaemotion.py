@@ -13,7 +13,6 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from functools import partial
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +20,7 @@ from transformers import GenerationConfig, Pipeline
 from transformers.image_utils import load_image
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .media import VAEmotionInputError, load_audio
+from .media import VAEmotionInputError, has_audio_stream, load_audio
 from .media import load_image as load_media_image
 from .modeling_vaemotion import EmotionPrediction
 
@@ -64,7 +63,7 @@ class _Request:
     video: str | None = None
     image: object = None
     audio: np.ndarray | None = None
-    soundtrack: bool = False  # the video brings its own audio (`use_audio_in_video`)
+    soundtrack: bool = False  # the video brings its own audio (`load_audio_from_video`)
 
 
 class AudioVisualEmotionPipeline(Pipeline):
@@ -217,8 +216,11 @@ class AudioVisualEmotionPipeline(Pipeline):
         if audio is not None:
             request.audio = self._load_sound(audio, sampling_rate)
         elif video is not None:
-            # Forced audio-visual: decoding with the soundtrack raises the loader's clear error on a silent video.
-            request.soundtrack = modality == "audio_visual" or _has_audio_stream(os.fspath(video))
+            request.soundtrack = has_audio_stream(video)
+            if modality == "audio_visual" and not request.soundtrack:  # the processor would see it without sound
+                raise VAEmotionInputError(
+                    f"{os.fspath(video)}: the video has no audio stream, but modality='audio_visual' needs its sound"
+                )
         return request
 
     def _load_sound(self, source, sampling_rate) -> np.ndarray:
@@ -231,9 +233,11 @@ class AudioVisualEmotionPipeline(Pipeline):
 
     def _encode(self, request: _Request, num_frames, fps) -> dict[str, torch.Tensor]:
         parts = []
-        media = {"use_audio_in_video": request.soundtrack}
+        media = {"load_audio_from_video": request.soundtrack}
         if request.video is not None:
             parts.append({"type": "video"})
+            if request.soundtrack:
+                parts.append({"type": "audio"})  # an empty audio part after the video: its soundtrack
             media["videos"] = [request.video]
             media.update(
                 {key: value for key, value in (("num_frames", num_frames), ("fps", fps)) if value is not None}
@@ -248,7 +252,7 @@ class AudioVisualEmotionPipeline(Pipeline):
         parts.append({"type": "text", "text": request.text})
         conversation = [{"role": "user", "content": parts}]
         text = self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, use_audio_in_video=request.soundtrack
+            conversation, add_generation_prompt=True, load_audio_from_video=request.soundtrack
         )
         encoded = self.processor(text=[text], return_tensors="pt", **media)
         return {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
@@ -410,16 +414,6 @@ def _checked_picture_array(image):
     if isinstance(image, np.ndarray) and not image.flags.writeable:  # np.asarray(PIL image): torch warns on it
         image = image.copy()
     return image
-
-
-def _has_audio_stream(path: str) -> bool:
-    if not os.path.isfile(path):
-        raise VAEmotionInputError(f"{path}: file not found")
-    try:
-        with av.open(path) as container:
-            return bool(container.streams.audio)
-    except av.FFmpegError as error:
-        raise VAEmotionInputError(f"{path}: cannot read the file as a video ({error})") from error
 
 
 __all__ = ["AudioVisualEmotionPipeline", "DEFAULT_PROMPT", "MODALITIES", "TASK", "collate_model_inputs"]

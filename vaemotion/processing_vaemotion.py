@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -38,7 +40,15 @@ from .backbones import (
     load_vlm_tokenizer,
 )
 from .configuration_vaemotion import num_audio_tokens
-from .media import DEFAULT_MAX_IMAGE_PIXELS, VAEmotionInputError, VideoClip, load_audio, load_image, load_video
+from .media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    VAEmotionInputError,
+    VideoClip,
+    has_audio_stream,
+    load_audio,
+    load_image,
+    load_video,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -66,9 +76,10 @@ class VAEmotionProcessor(ProcessorMixin):
     by `<|audio_eos|><|audio_bos|>`. Short audio is not padded into extra tokens.
 
     Videos can be paths (decoded with [`~vaemotion.media.load_video`], never torchcodec-only), [`VideoClip`]s, or
-    frames as transformers accepts them. With `use_audio_in_video=True` each video's soundtrack, synchronized with
-    its sampled frames, fills the first audio placeholder that follows the video in the text (the chat template
-    writes one right after each video block).
+    frames as transformers accepts them. With `load_audio_from_video=True` (transformers' omni-modal convention) each
+    video's soundtrack, synchronized with its sampled frames, fills the first audio placeholder that follows the
+    video in the text (where the chat template writes an empty audio part that follows it), or the slots
+    `audio_from_video_indices` names; a video without sound loses its slot, the batch goes on.
 
     Outputs: `input_ids`, `attention_mask`, `mm_token_type_ids` (0 text, 1 image, 2 video, 3 audio), the family's
     visual inputs (Qwen: `pixel_values`, `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`,
@@ -239,8 +250,9 @@ class VAEmotionProcessor(ProcessorMixin):
         tokenize: bool = False,
         return_dict: bool = False,
         return_tensors=None,
-        use_audio_in_video: bool = False,
+        load_audio_from_video: bool | None = None,
         processor_kwargs: dict | None = None,
+        use_audio_in_video: bool | None = None,
         **kwargs,
     ):
         """Render (and with `tokenize=True`, process) conversations with typed parts in the VLM's own template.
@@ -248,8 +260,10 @@ class VAEmotionProcessor(ProcessorMixin):
         Parts are `{"type": "text", "text": ...}`, `{"type": "image", "image"|"path"|"url": ...}`,
         `{"type": "video", "path"|"video": ...}` and `{"type": "audio", "path"|"audio": ...}`. Images and videos
         are written the way the VLM's template writes them (a family without a video pathway gets one image block
-        per sampled frame); audio parts become `<|audio_bos|><|audio_pad|><|audio_eos|>` text, and with
-        `use_audio_in_video=True` every video also brings its soundtrack in such a block right after it. The
+        per sampled frame); audio parts become `<|audio_bos|><|audio_pad|><|audio_eos|>` text. As in transformers'
+        omni-modal processors, with `load_audio_from_video=True` an empty audio part (`{"type": "audio"}`, no
+        source) right after a video holds that video's soundtrack; a video without one is seen without its sound,
+        so one batch can mix both. (The deprecated `use_audio_in_video=True` writes that part after every video.) The
         template's own system prompt and turn markup are kept. A template that only takes string contents gets the
         parts joined into one string.
 
@@ -260,6 +274,9 @@ class VAEmotionProcessor(ProcessorMixin):
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = list(conversation) if batched else [conversation]
+        soundtrack_after_every_video = bool(use_audio_in_video)
+        load_audio_from_video = _audio_from_video_switch(load_audio_from_video, use_audio_in_video)
+        _check_soundtrack_parts(conversations, load_audio_from_video, soundtrack_after_every_video)
         template = chat_template or self.chat_template
         # processing kwargs given at the top level (padding, num_frames, ...) go to the processor, as transformers does
         template_variables = _template_variables(template)
@@ -267,7 +284,7 @@ class VAEmotionProcessor(ProcessorMixin):
         template_kwargs = {key: value for key, value in kwargs.items() if key in template_variables}
         texts = [
             self.tokenizer.apply_chat_template(
-                self._template_conversation(conv, template, use_audio_in_video),
+                self._template_conversation(conv, template, soundtrack_after_every_video),
                 chat_template=template,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
@@ -288,12 +305,12 @@ class VAEmotionProcessor(ProcessorMixin):
             if key in call:
                 raise VAEmotionInputError(f"{key}: given both in the conversation and as an argument")
             call[key] = value
-        inputs = self(text=texts, use_audio_in_video=use_audio_in_video, **call)
+        inputs = self(text=texts, load_audio_from_video=load_audio_from_video, **call)
         return inputs if return_dict else inputs["input_ids"]
 
-    def _template_conversation(self, conversation, template: str, use_audio_in_video: bool) -> list[dict]:
-        """The conversation as the VLM's template can render it: audio parts (and soundtracks) as text, videos as
-        the family writes them, everything joined into one string for a template without typed parts."""
+    def _template_conversation(self, conversation, template: str, soundtrack_after_every_video: bool) -> list[dict]:
+        """The conversation as the VLM's template can render it: audio parts (empty ones: soundtracks) as text,
+        videos as the family writes them, everything joined into one string for a template without typed parts."""
         # the fallback template writes Qwen's vision tokens for typed parts: every family gets its own as text instead
         string_contents = template == DEFAULT_CHAT_TEMPLATE or not self._template_takes_parts(template)
         rendered = []
@@ -303,7 +320,7 @@ class VAEmotionProcessor(ProcessorMixin):
                 rendered.append(message)
                 continue
             parts = []
-            for part in content:
+            for position, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind == "text":
                     parts.append(part)
@@ -312,7 +329,7 @@ class VAEmotionProcessor(ProcessorMixin):
                 elif kind == "video":
                     typed = self.backbone.takes_videos and not string_contents
                     parts.append(part if typed else _text_part(self.backbone.video_text(self.tokenizer)))
-                    if use_audio_in_video:
+                    if soundtrack_after_every_video and not _is_soundtrack_part(content, position + 1):
                         parts.append(_text_part(AUDIO_BLOCK))
                 elif kind == "audio":
                     parts.append(_text_part(AUDIO_BLOCK))
@@ -341,7 +358,10 @@ class VAEmotionProcessor(ProcessorMixin):
         return known[template]
 
     # ------------------------------------------------------------------------------------------------ processing
-    def __call__(self, images=None, text=None, videos=None, audio=None, use_audio_in_video: bool = False, **kwargs):
+    def __call__(
+        self, images=None, text=None, videos=None, audio=None, audio_from_video_indices=None,
+        load_audio_from_video: bool | None = None, use_audio_in_video: bool | None = None, **kwargs,
+    ):  # fmt: skip
         """Process a batch; see the class docstring for the inputs and outputs.
 
         Audio arrays need their rate: pass `{"array", "sampling_rate"}` dicts, or `sampling_rate=` for all bare
@@ -349,10 +369,20 @@ class VAEmotionProcessor(ProcessorMixin):
         `fps` (rounded down to a multiple of the VLM's temporal patch size, if it has one); frames given as arrays go
         to the family's video processor as they are (Qwen's pads an odd count by repeating the last frame).
 
+        Sound from videos follows transformers' omni-modal processors. Each audio placeholder of the batch (in text
+        order) is a slot; `audio_from_video_indices` gives each slot's source: `None` the next entry of `audio`,
+        `i` the soundtrack of `videos[i]` (a path or a [`VideoClip`] decoded with its audio). Without it, under
+        `load_audio_from_video=True` the first audio placeholder after a video (before the next video, in the same
+        sample: where `apply_chat_template` writes an empty audio part that follows the video) takes that video's
+        soundtrack, and every other placeholder takes the next standalone audio. A video without an audio stream
+        loses its slot (the placeholder and its delimiters leave the text): batches may mix videos with and
+        without sound. `use_audio_in_video` is the deprecated name of `load_audio_from_video`.
+
         Raises:
             [`VAEmotionInputError`]: undecodable media, placeholder counts that do not match the media, audio
-                arrays without a sampling rate, a video without soundtrack under `use_audio_in_video=True`.
+                arrays without a sampling rate, slots that name no video or a video given as frames.
         """
+        load_audio_from_video = _audio_from_video_switch(load_audio_from_video, use_audio_in_video)
         if isinstance(text, str):
             text = [text]
         if text is not None:
@@ -363,14 +393,16 @@ class VAEmotionProcessor(ProcessorMixin):
         if images is not None:
             image_names = _image_names(images)
             images = make_flat_list_of_images(self._fetch_images(images, max_image_pixels))
-        clips, videos, kwargs = self._load_videos(videos, use_audio_in_video, kwargs)
+        sound_wanted = load_audio_from_video or audio_from_video_indices is not None
+        clips, videos, kwargs = self._load_videos(videos, sound_wanted, kwargs)
         audio, kwargs = self._load_audio(audio, kwargs)
         self._check_placeholders(text, images, videos)
         audio_inputs = {}
-        if audio is not None or (use_audio_in_video and clips):
-            audio = self._order_audio(text, audio or [], clips, use_audio_in_video)
-            audio_inputs, blocks = self._process_audio(audio, return_tensors)
-            text = self._expand_audio(text, blocks)
+        if audio is not None or (sound_wanted and clips):
+            audio, text = self._order_audio(text, audio or [], clips, load_audio_from_video, audio_from_video_indices)
+            if audio:
+                audio_inputs, blocks = self._process_audio(audio, return_tensors)
+                text = self._expand_audio(text, blocks)
         if videos is not None and not self.backbone.takes_videos:
             text, images, videos = self._videos_as_frames(text, images, videos)
             kwargs.pop("videos_kwargs", None)
@@ -427,15 +459,12 @@ class VAEmotionProcessor(ProcessorMixin):
             return load_image(images, max_pixels=max_pixels)
         return images
 
-    def _load_videos(self, videos, use_audio_in_video: bool, kwargs: dict):
-        """Decode video paths into frames + metadata; returns `(clips or None per video, videos, kwargs)`."""
+    def _load_videos(self, videos, with_sound: bool, kwargs: dict):
+        """Decode video paths into frames + metadata (with their soundtracks when `with_sound`, where the file has
+        one); returns `(VideoClip or None per video, videos, kwargs)`."""
         flat = _flatten_batch(videos, (str, os.PathLike, VideoClip))
         if flat is None:
-            if use_audio_in_video and videos is not None:
-                raise VAEmotionInputError(
-                    "videos: use_audio_in_video=True needs videos given as paths or VideoClips, not decoded frames"
-                )
-            return [], videos, kwargs
+            return ([None] * len(make_batched_videos(videos)) if videos is not None else []), videos, kwargs
         kwargs = dict(kwargs)
         videos_kwargs = dict(kwargs.pop("videos_kwargs", None) or {})
         sampling = {
@@ -459,20 +488,14 @@ class VAEmotionProcessor(ProcessorMixin):
                 clip = load_video(
                     video,
                     **sampling,
-                    with_audio=use_audio_in_video,
+                    with_audio=with_sound and has_audio_stream(video),  # a silent video loses its slot, not the batch
                     sampling_rate=self.feature_extractor.sampling_rate,
                     frame_multiple=self.frame_multiple,
                 )
             if isinstance(clip, VideoClip):
-                if use_audio_in_video and clip.audio is None:
-                    raise VAEmotionInputError(f"videos[{index}]: the VideoClip has no audio (decoded with_audio=False)")
                 frames.append(clip.frames)
                 metadata.append(clip.metadata)
             else:
-                if use_audio_in_video:
-                    raise VAEmotionInputError(
-                        f"videos[{index}]: use_audio_in_video=True needs a path or a VideoClip, not decoded frames"
-                    )
                 frames.append(video)
                 metadata.append(given_metadata[index] if given_metadata else _default_metadata(video))
             clips.append(clip if isinstance(clip, VideoClip) else None)
@@ -516,37 +539,61 @@ class VAEmotionProcessor(ProcessorMixin):
             if found != given:
                 raise VAEmotionInputError(f"{argument}: the text has {found} {token} placeholders but {given} were given")
 
-    def _order_audio(self, text, audio: list, clips: list, use_audio_in_video: bool) -> list:
-        """Audio in the order of the audio placeholders in the batch, each soundtrack at the first one after its video."""
-        soundtracks = [clip.audio for clip in clips] if use_audio_in_video else []
+    def _order_audio(self, text, audio: list, clips: list, load_audio_from_video: bool, indices) -> tuple[list, list]:
+        """The audio of every slot in placeholder order, and the text without the slots of silent videos (see
+        `__call__`)."""
         if text is None:
-            return audio + soundtracks
-        found = sum(sample.count(self.audio_token) for sample in text)
-        if found != len(audio) + len(soundtracks):
-            soundtrack_note = f" + {len(soundtracks)} video soundtracks (use_audio_in_video=True)" if soundtracks else ""
-            raise VAEmotionInputError(
-                f"audio: the text has {found} {self.audio_token} placeholders but {len(audio)} audio inputs"
-                f"{soundtrack_note} were given"
-            )
-        standalone, soundtrack_iter = iter(audio), iter(soundtracks)
+            if indices is not None:
+                raise VAEmotionInputError("audio_from_video_indices: slots are the text's audio placeholders; give the text")
+            soundtracks = [clip.audio for clip in clips if clip is not None] if load_audio_from_video else []
+            return audio + [track for track in soundtracks if track is not None], None
+        slots = self._audio_slots(text)
+        if indices is None:
+            indices = [video if load_audio_from_video else None for video in slots.videos_before]
+            if indices.count(None) != len(audio):
+                note = (f" ({len(indices) - indices.count(None)} follow a video and take its soundtrack: "
+                        "pass audio_from_video_indices to say which slot is whose)") if load_audio_from_video else ""
+                raise VAEmotionInputError(
+                    f"audio: the text has {len(indices)} {self.audio_token} placeholders{note} but {len(audio)} "
+                    "audio inputs were given"
+                )
+        else:
+            indices = _checked_slot_indices(indices, slots, len(clips), len(audio))
+        standalone, ordered, kept = iter(audio), [], []
+        for video in indices:
+            if video is None:
+                ordered.append(next(standalone))
+                kept.append(True)
+                continue
+            if clips[video] is None:
+                raise VAEmotionInputError(
+                    f"videos[{video}]: its soundtrack was asked for, which needs a path or a VideoClip, not decoded frames"
+                )
+            if clips[video].audio is not None:
+                ordered.append(clips[video].audio)
+            kept.append(clips[video].audio is not None)
+        return ordered, slots.text_keeping(kept)
+
+    def _audio_slots(self, text: list[str]) -> _AudioSlots:
+        """Where the audio placeholders (with their delimiters, if any) and the videos are in the batch's text."""
         video_placeholder = self.video_token if self.backbone.takes_videos else VIDEO_FRAMES_MARKER
-        pattern = re.compile(f"(?P<video>{re.escape(video_placeholder)})|(?P<audio>{re.escape(self.audio_token)})")
-        ordered = []
-        for sample in text:
-            pending = None  # the soundtrack of the last video, until an audio placeholder takes it
+        bos, eos = (re.escape(AUDIO_SPECIAL_TOKENS[name]) for name in ("audio_bos_token", "audio_eos_token"))
+        pattern = re.compile(
+            f"(?P<video>{re.escape(video_placeholder)})|(?P<audio>(?:{bos})?{re.escape(self.audio_token)}(?:{eos})?)"
+        )
+        spans, videos_before, video_sample, slot_sample = [], [], [], []
+        for sample_index, sample in enumerate(text):
+            last_video = None  # the last video of this sample whose first following placeholder is still to come
             for match in pattern.finditer(sample):
                 if match.lastgroup == "video":
-                    if pending is not None:
-                        raise _soundtrack_without_placeholder()
-                    pending = next(soundtrack_iter, None)
-                elif pending is not None:
-                    ordered.append(pending)
-                    pending = None
-                else:
-                    ordered.append(next(standalone))
-            if pending is not None:
-                raise _soundtrack_without_placeholder()
-        return ordered
+                    last_video = len(video_sample)
+                    video_sample.append(sample_index)
+                    continue
+                spans.append((sample_index, match.span()))
+                slot_sample.append(sample_index)
+                videos_before.append(last_video)
+                last_video = None
+        return _AudioSlots(text, spans, videos_before, video_sample, slot_sample)
 
     def _process_audio(self, audio: list, return_tensors) -> tuple[dict, list[str]]:
         """Log-mel windows of every audio (in placeholder order) and the placeholder text each audio becomes."""
@@ -660,11 +707,76 @@ def _flatten_batch(items, leaf_types: tuple) -> list | None:
     return flat if any(isinstance(item, leaf_types) for item in flat) else None
 
 
-def _soundtrack_without_placeholder() -> VAEmotionInputError:
-    return VAEmotionInputError(
-        "audio: with use_audio_in_video=True every video needs an audio placeholder after it, before the next video "
-        "and in the same sample (the chat template writes one)"
-    )
+@dataclass(frozen=True)
+class _AudioSlots:
+    """The audio placeholders of a batch's text, in order: each one's sample and span, and the video whose soundtrack
+    it takes by default (the last video before it in its sample with no placeholder in between; else `None`)."""
+
+    text: list[str]
+    spans: list[tuple[int, tuple[int, int]]]
+    videos_before: list[int | None]
+    video_sample: list[int]
+    slot_sample: list[int]
+
+    def text_keeping(self, kept: list[bool]) -> list[str]:
+        """The text without the placeholders (and their delimiters) of the slots not kept."""
+        text = list(self.text)
+        for (sample, (start, end)), keep in reversed(list(zip(self.spans, kept))):
+            if not keep:
+                text[sample] = text[sample][:start] + text[sample][end:]
+        return text
+
+
+def _checked_slot_indices(indices, slots: _AudioSlots, num_videos: int, num_audio: int) -> list[int | None]:
+    """`audio_from_video_indices`, checked against the text's slots, the videos and the audio given."""
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple)):
+        raise VAEmotionInputError(
+            f"audio_from_video_indices: must be a list with one entry per audio placeholder (None or a video index), "
+            f"got {type(indices).__name__}"
+        )
+    indices = list(indices)
+    if len(indices) != len(slots.spans):
+        raise VAEmotionInputError(
+            f"audio_from_video_indices: has {len(indices)} entries but the text has {len(slots.spans)} audio placeholders"
+        )
+    for slot, video in enumerate(indices):
+        if video is None:
+            continue
+        if isinstance(video, bool) or not isinstance(video, (int, np.integer)) or not 0 <= video < num_videos:
+            raise VAEmotionInputError(
+                f"audio_from_video_indices[{slot}]: must be None or a video index in [0, {num_videos}), got {video!r}"
+            )
+        if slots.video_sample[video] != slots.slot_sample[slot]:
+            raise VAEmotionInputError(
+                f"audio_from_video_indices[{slot}]: videos[{video}] is in sample {slots.video_sample[video]}, its "
+                f"slot in sample {slots.slot_sample[slot]}"
+            )
+    named = [video for video in indices if video is not None]
+    if len(set(named)) != len(named):
+        raise VAEmotionInputError(f"audio_from_video_indices: a video's soundtrack can fill one slot, got {indices}")
+    if indices.count(None) != num_audio:
+        raise VAEmotionInputError(
+            f"audio_from_video_indices: has {indices.count(None)} standalone slots (None) but {num_audio} audio inputs "
+            "were given"
+        )
+    return [None if video is None else int(video) for video in indices]
+
+
+def _audio_from_video_switch(load_audio_from_video: bool | None, use_audio_in_video: bool | None) -> bool:
+    """`load_audio_from_video`, or the deprecated `use_audio_in_video` (transformers 5.24 deprecates it on its own
+    processors, its removal announced for 5.25), with a warning."""
+    if use_audio_in_video is None:
+        return bool(load_audio_from_video)
+    if use_audio_in_video:
+        warnings.warn(
+            "use_audio_in_video is deprecated, as in transformers' omni-modal processors: pass load_audio_from_video "
+            "(and, in conversations, an empty audio part after each video whose sound is wanted)",
+            FutureWarning,
+            stacklevel=3,
+        )
+    if load_audio_from_video is not None and bool(load_audio_from_video) != bool(use_audio_in_video):
+        raise VAEmotionInputError("load_audio_from_video and its deprecated name use_audio_in_video disagree")
+    return bool(use_audio_in_video)
 
 
 def _template_variables(template: str) -> set[str]:
@@ -676,6 +788,33 @@ def _template_variables(template: str) -> set[str]:
 
 def _text_part(text: str) -> dict:
     return {"type": "text", "text": text}
+
+
+def _is_soundtrack_part(content: list, position: int) -> bool:
+    """Whether `content[position]` is an empty audio part right after a video: the slot of its soundtrack."""
+    if not 0 < position < len(content):
+        return False
+    part, before = content[position], content[position - 1]
+    return (
+        isinstance(part, dict) and part.get("type") == "audio" and not any(key in part for key in MEDIA_KEYS["audio"])
+        and isinstance(before, dict) and before.get("type") == "video"
+    )  # fmt: skip
+
+
+def _check_soundtrack_parts(conversations, load_audio_from_video: bool, soundtrack_after_every_video: bool) -> None:
+    """Under `load_audio_from_video`, at least one video is followed by the empty audio part that holds its sound.
+    (Elsewhere an empty audio part is a placeholder for audio given to the processor call, as in transformers.)"""
+    if not load_audio_from_video or soundtrack_after_every_video:
+        return
+    for conversation in conversations:
+        for message in conversation:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(_is_soundtrack_part(content, i) for i in range(len(content))):
+                return
+    raise VAEmotionInputError(
+        "conversation: load_audio_from_video=True, but no video is followed by an empty audio part "
+        '({"type": "audio"}), which is where its sound goes'
+    )
 
 
 def _media_from_conversations(conversations) -> dict:
