@@ -78,7 +78,7 @@ def real_batch(processor, model_dirs: tuple[Path, Path], workdir: Path, batch_si
             out.write(json.dumps({"id": item["clip_id"], "video": item["video"], "caption": captions[index % 2]}) + "\n")
     config = VGAlignConfig(vlm_name_or_path=str(model_dirs[0]), audio_name_or_path=str(model_dirs[1]),
                            output_dir=str(workdir / "out"), train_data=str(manifest), response_source="caption",
-                           prompts=["Describe the scene."], num_frames=num_frames, max_response_tokens=16,
+                           prompts=["Describe the scene."], num_frames=num_frames, max_completion_length=16,
                            use_cpu=True, report_to="none")  # fmt: skip
     dataset = stage1_dataset(read_clips(str(manifest)).records, processor, config)
     return VGAlignCollator(processor)([dataset[index] for index in range(batch_size)])

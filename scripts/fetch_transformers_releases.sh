@@ -4,7 +4,7 @@
 #
 # Usage: scripts/fetch_transformers_releases.sh [VERSION ...]
 #   VERSION defaults to two older minors, 5.20.2 and 5.22.2 (what CI checks); the whole range we support is
-#   5.20.2 5.21.1 5.22.2 5.23.0 5.25.0 besides the installed 5.24. Each goes to
+#   5.20.2 5.21.0 5.22.2 5.23.0 5.25.0 besides the installed 5.24. Each goes to
 #   ${VAEMOTION_TRANSFORMERS_RELEASES:-${XDG_CACHE_HOME:-~/.cache}/vaemotion/transformers-releases}/<version>;
 #   a folder already there is kept.
 set -euo pipefail

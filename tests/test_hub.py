@@ -369,8 +369,10 @@ def transformers_releases() -> list[str]:
     """The installed transformers, then every other release that scripts/fetch_transformers_releases.sh installed
     (CI: two older minors), each a folder to put first on the fresh process's path."""
     root = Path(os.environ.get("VAEMOTION_TRANSFORMERS_RELEASES", "~/.cache/vaemotion/transformers-releases"))
-    releases = sorted(root.expanduser().glob("*/transformers"), key=lambda path: [int(part) for part in path.parent.name.split(".")])
-    return ["installed", *(str(path.parent) for path in releases)]
+    folders = [path.parent for path in root.expanduser().glob("*/transformers")]
+    releases = [folder for folder in folders if re.fullmatch(r"\d+(\.\d+)+", folder.name)]  # not a .partial one
+    releases.sort(key=lambda folder: [int(part) for part in folder.name.split(".")])
+    return ["installed", *(str(folder) for folder in releases)]
 
 
 @pytest.mark.parametrize("release", transformers_releases(), ids=lambda release: Path(release).name)

@@ -179,6 +179,23 @@ def test_a_batch_mixes_videos_with_and_without_sound_and_silent_videos_lose_thei
         processor.apply_chat_template(conversation(av_clip, False), load_audio_from_video=True)
 
 
+def test_the_conversation_says_which_audio_part_is_a_soundtrack(processor, av_clip):
+    """A standalone audio after a video that brings no sound stays standalone: the parts, not a rule on the text,
+    decide (as transformers' apply_chat_template builds audio_from_video_indices)."""
+    second = {"array": np.full(16000, 0.1, np.float32), "sampling_rate": 16000}
+    batch = [
+        [{"role": "user", "content": [{"type": "video", "path": av_clip}, {"type": "audio"}, {"type": "text", "text": "a"}]}],
+        [{"role": "user", "content": [{"type": "video", "path": av_clip}, {"type": "text", "text": "b"},
+                                      {"type": "audio", "audio": second}]}],
+    ]  # fmt: skip
+    inputs = processor.apply_chat_template(batch, load_audio_from_video=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", padding=True, num_frames=4)  # fmt: skip
+    assert inputs["feature_attention_mask"].sum(-1).tolist() == [200, 100]  # A's soundtrack, then B's own audio
+    clip = load_video(av_clip, num_frames=4, with_audio=False)
+    with pytest.raises(VAEmotionInputError, match=r"videos\[0\]: its soundtrack was asked for, but the VideoClip has no"):
+        processor(text=f"<|video_pad|>{AUDIO}", videos=[clip], load_audio_from_video=True)
+
+
 def test_audio_from_video_indices_name_each_slots_source(processor, av_clip):
     """transformers' `audio_from_video_indices`: None takes the next standalone audio, i the soundtrack of video i,
     whatever the order in the text; the same windows as the default rule where both apply."""

@@ -62,8 +62,10 @@ class VAEmotionConfig(PreTrainedConfig):
         enhancer_clip_context (`bool`, defaults to `True`):
             Whether the Enhancer also adds, to every modality token, a residual from the clip's bottleneck pooled
             over all its modality tokens (the features the auxiliary heads read): the cross-modal part of the
-            adapter, through which what the sound says reaches the picture's tokens and back. `False`: position-wise
-            only.
+            adapter, through which what the sound says reaches the picture's tokens and back (pooled per sample: a
+            sample with several videos pools them all). `False`: position-wise only. A checkpoint saved before this
+            option loads with it on and `W_ctx` at zero (the same outputs; transformers reports it as newly
+            initialised, and further training trains it).
         use_emotion_enhancer / use_emotion_supervisor (`bool`): ablation switches of the EmoAdapter.
         supervisor_hidden_size (`int`, defaults to 256): hidden width of the Supervisor heads on the LLM state.
         emotion_labels (`list[str]`, *optional*): emotion categories; defaults to the 8 ArtEmis categories.

@@ -595,8 +595,8 @@ def _load_video_torchcodec(path: str, decoders, sampling: dict, with_audio: bool
 __all__ = [
     "VAEmotionInputError",
     "VideoClip",
-    "load_audio",
     "has_audio_stream",
+    "load_audio",
     "load_video",
     "resample_audio",
     "sample_frame_indices",

@@ -305,6 +305,9 @@ class VAEmotionProcessor(ProcessorMixin):
             if key in call:
                 raise VAEmotionInputError(f"{key}: given both in the conversation and as an argument")
             call[key] = value
+        if load_audio_from_video and "audio_from_video_indices" not in call:
+            # the parts say which audio slot holds which video's sound: no placeholder is left to a rule
+            call["audio_from_video_indices"] = _slot_sources(conversations, soundtrack_after_every_video)
         inputs = self(text=texts, load_audio_from_video=load_audio_from_video, **call)
         return inputs if return_dict else inputs["input_ids"]
 
@@ -394,12 +397,14 @@ class VAEmotionProcessor(ProcessorMixin):
             image_names = _image_names(images)
             images = make_flat_list_of_images(self._fetch_images(images, max_image_pixels))
         sound_wanted = load_audio_from_video or audio_from_video_indices is not None
-        clips, videos, kwargs = self._load_videos(videos, sound_wanted, kwargs)
+        clips, silent, videos, kwargs = self._load_videos(videos, sound_wanted, kwargs)
         audio, kwargs = self._load_audio(audio, kwargs)
         self._check_placeholders(text, images, videos)
         audio_inputs = {}
         if audio is not None or (sound_wanted and clips):
-            audio, text = self._order_audio(text, audio or [], clips, load_audio_from_video, audio_from_video_indices)
+            audio, text = self._order_audio(
+                text, audio or [], clips, silent, load_audio_from_video, audio_from_video_indices
+            )
             if audio:
                 audio_inputs, blocks = self._process_audio(audio, return_tensors)
                 text = self._expand_audio(text, blocks)
@@ -461,10 +466,10 @@ class VAEmotionProcessor(ProcessorMixin):
 
     def _load_videos(self, videos, with_sound: bool, kwargs: dict):
         """Decode video paths into frames + metadata (with their soundtracks when `with_sound`, where the file has
-        one); returns `(VideoClip or None per video, videos, kwargs)`."""
+        one); returns `(VideoClip or None per video, indices of the video files without sound, videos, kwargs)`."""
         flat = _flatten_batch(videos, (str, os.PathLike, VideoClip))
         if flat is None:
-            return ([None] * len(make_batched_videos(videos)) if videos is not None else []), videos, kwargs
+            return ([None] * len(make_batched_videos(videos)) if videos is not None else []), set(), videos, kwargs
         kwargs = dict(kwargs)
         videos_kwargs = dict(kwargs.pop("videos_kwargs", None) or {})
         sampling = {
@@ -481,14 +486,16 @@ class VAEmotionProcessor(ProcessorMixin):
             )
             if sampling["num_frames"] is None:
                 sampling["fps"] = getattr(self.video_processor, "fps", None) or DEFAULT_VIDEO_FPS
-        clips, frames, metadata = [], [], []
+        clips, silent, frames, metadata = [], set(), [], []
         for index, video in enumerate(flat):
             clip = video
             if isinstance(video, (str, os.PathLike)):
+                if with_sound and not has_audio_stream(video):
+                    silent.add(index)  # a silent file loses its slot, not the batch
                 clip = load_video(
                     video,
                     **sampling,
-                    with_audio=with_sound and has_audio_stream(video),  # a silent video loses its slot, not the batch
+                    with_audio=with_sound and index not in silent,
                     sampling_rate=self.feature_extractor.sampling_rate,
                     frame_multiple=self.frame_multiple,
                 )
@@ -501,7 +508,7 @@ class VAEmotionProcessor(ProcessorMixin):
             clips.append(clip if isinstance(clip, VideoClip) else None)
         # Frames are sampled already: the video processor must keep them all and read fps from the metadata.
         kwargs["videos_kwargs"] = {**videos_kwargs, "video_metadata": metadata, "do_sample_frames": False}
-        return clips, frames, kwargs
+        return clips, silent, frames, kwargs
 
     def _load_audio(self, audio, kwargs: dict):
         """Decode audio paths, dicts and arrays to mono float32 at the feature extractor's rate."""
@@ -539,8 +546,10 @@ class VAEmotionProcessor(ProcessorMixin):
             if found != given:
                 raise VAEmotionInputError(f"{argument}: the text has {found} {token} placeholders but {given} were given")
 
-    def _order_audio(self, text, audio: list, clips: list, load_audio_from_video: bool, indices) -> tuple[list, list]:
-        """The audio of every slot in placeholder order, and the text without the slots of silent videos (see
+    def _order_audio(
+        self, text, audio: list, clips: list, silent: set, load_audio_from_video: bool, indices
+    ) -> tuple[list, list]:
+        """The audio of every slot in placeholder order, and the text without the slots of silent video files (see
         `__call__`)."""
         if text is None:
             if indices is not None:
@@ -569,9 +578,14 @@ class VAEmotionProcessor(ProcessorMixin):
                 raise VAEmotionInputError(
                     f"videos[{video}]: its soundtrack was asked for, which needs a path or a VideoClip, not decoded frames"
                 )
-            if clips[video].audio is not None:
+            if clips[video].audio is None and video not in silent:
+                raise VAEmotionInputError(
+                    f"videos[{video}]: its soundtrack was asked for, but the VideoClip has no audio (decode it with "
+                    "with_audio=True)"
+                )
+            if video not in silent:
                 ordered.append(clips[video].audio)
-            kept.append(clips[video].audio is not None)
+            kept.append(video not in silent)
         return ordered, slots.text_keeping(kept)
 
     def _audio_slots(self, text: list[str]) -> _AudioSlots:
@@ -799,6 +813,27 @@ def _is_soundtrack_part(content: list, position: int) -> bool:
         isinstance(part, dict) and part.get("type") == "audio" and not any(key in part for key in MEDIA_KEYS["audio"])
         and isinstance(before, dict) and before.get("type") == "video"
     )  # fmt: skip
+
+
+def _slot_sources(conversations, soundtrack_after_every_video: bool) -> list[int | None]:
+    """`audio_from_video_indices` of rendered conversations: for each audio part in order (with the parts the
+    deprecated `use_audio_in_video` adds), the index of the video whose sound it holds, or `None` for audio of its
+    own."""
+    sources, videos = [], 0
+    for conversation in conversations:
+        for message in conversation:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str) or not content:
+                continue
+            for position, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "video":
+                    videos += 1
+                    if soundtrack_after_every_video and not _is_soundtrack_part(content, position + 1):
+                        sources.append(videos - 1)
+                elif kind == "audio":
+                    sources.append(videos - 1 if _is_soundtrack_part(content, position) else None)
+    return sources
 
 
 def _check_soundtrack_parts(conversations, load_audio_from_video: bool, soundtrack_after_every_video: bool) -> None:

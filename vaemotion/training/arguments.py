@@ -102,16 +102,18 @@ class VAEmotionTrainingArguments(TrainingArguments):
                 raise ValueError(f"jsd_beta must lie in (0, 1), got {jsd_beta}")
             beta = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": jsd_beta}[self.divergence]
         renames = (
-            ("max_response_tokens", "max_completion_length", self.max_response_tokens, 64),
-            ("divergence" + ("/jsd_beta" if self.jsd_beta is not None else ""), "beta", beta, 0.0),
-            ("teacher_top_k", "loss_top_k", self.teacher_top_k, None),
+            ("max_response_tokens", "max_completion_length", self.max_response_tokens),
+            ("divergence" + ("/jsd_beta" if self.jsd_beta is not None else ""), "beta", beta),
+            ("teacher_top_k", "loss_top_k", self.teacher_top_k),
         )
-        for old, new, value, default in renames:
+        defaults = {name: field.default for name, field in type(self).__dataclass_fields__.items()}
+        for old, new, value in renames:
             if value is None:
                 continue
             current = getattr(self, new)
-            if current != default and current != value:
-                raise ValueError(f"{old} (deprecated) and {new} are both set, to different values: keep {new}")
+            # a TRL-named field left at its default cannot be told from one set to it: the old name then wins
+            if current != defaults[new] and current != value:
+                raise ValueError(f"{old} (deprecated) and {new} are both set, to different values: remove {old}")
             warnings.warn(f"{old} is deprecated: use TRL's name {new} (here {new}={value!r})", FutureWarning, stacklevel=4)
             setattr(self, new, value)
         self.max_response_tokens = self.divergence = self.jsd_beta = self.teacher_top_k = None
