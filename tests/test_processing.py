@@ -158,16 +158,27 @@ def test_use_audio_in_video_is_a_deprecated_alias_that_writes_the_soundtrack_par
         processor(text="hi", use_audio_in_video=True, load_audio_from_video=False)
 
 
-def test_a_batch_mixes_videos_with_and_without_sound_and_silent_videos_lose_their_slot(processor, av_clip, silent_clip):
-    """Per sample: a video followed by an empty audio part brings its sound, one without does not; a silent video
-    whose sound was asked for loses its slot instead of failing the batch (transformers' omni processors fail)."""
+def test_a_batch_mixes_videos_with_and_without_sound_and_silent_videos_lose_their_slot(
+    processor, av_clip, silent_clip, monkeypatch
+):
+    """Per sample: a video followed by an empty audio part brings its sound, one without does not (its soundtrack
+    is not even decoded); a silent video whose sound was asked for loses its slot instead of failing the batch
+    (transformers' omni processors fail)."""
+    import vaemotion.processing_vaemotion as processing
+
     def conversation(video, sound):
         parts = [{"type": "video", "path": video}, *([{"type": "audio"}] if sound else []), {"type": "text", "text": "hi"}]
         return [{"role": "user", "content": parts}]
 
+    decoded_with_audio = []
+    load_video_as_given = processing.load_video
+    monkeypatch.setattr(processing, "load_video",
+                        lambda *args, **kwargs: decoded_with_audio.append(kwargs["with_audio"]) or load_video_as_given(*args, **kwargs))  # fmt: skip
     batch = [conversation(av_clip, True), conversation(av_clip, False), conversation(silent_clip, True)]
     inputs = processor.apply_chat_template(batch, load_audio_from_video=True, tokenize=True, return_dict=True,
                                            return_tensors="pt", padding=True, num_frames=4)  # fmt: skip
+    assert decoded_with_audio == [True, False, False]
+    monkeypatch.undo()
     assert inputs["input_features"].shape[0] == 1  # the first sample's soundtrack only
     audio_rows = (inputs["input_ids"] == processor.audio_token_id).sum(-1).tolist()
     assert audio_rows[0] > 0 and audio_rows[1] == audio_rows[2] == 0

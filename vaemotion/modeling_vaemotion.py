@@ -41,7 +41,7 @@ from .backbones import (
     load_vlm_tokenizer,
 )
 from .configuration_vaemotion import VAEmotionConfig, num_audio_tokens
-from .transformers_compat import CACHE_NAME, CausalLMOutputBase, cache_argument, cache_of, slice_logits_to_keep
+from .transformers_compat import CACHE_NAME, CausalLMOutputBase, cache_argument, slice_logits_to_keep
 
 
 logger = logging.get_logger(__name__)
@@ -795,7 +795,7 @@ class VAEmotionForConditionalGeneration(VAEmotionPreTrainedModel, GenerationMixi
 
         result = VAEmotionOutput(
             logits=logits,
-            **{CACHE_NAME: cache_of(outputs) if use_cache is not False else None},
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME, None) if use_cache is not False else None},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

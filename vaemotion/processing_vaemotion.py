@@ -276,7 +276,15 @@ class VAEmotionProcessor(ProcessorMixin):
         conversations = list(conversation) if batched else [conversation]
         soundtrack_after_every_video = bool(use_audio_in_video)
         load_audio_from_video = _audio_from_video_switch(load_audio_from_video, use_audio_in_video)
-        _check_soundtrack_parts(conversations, load_audio_from_video, soundtrack_after_every_video)
+        # the parts say which audio slot holds which video's sound: no placeholder is left to the text rule
+        sources = None
+        if load_audio_from_video:
+            sources = _conversation_slot_sources(conversations, soundtrack_after_every_video)
+        if sources is not None and not soundtrack_after_every_video and set(sources) <= {None}:
+            raise VAEmotionInputError(
+                "conversation: load_audio_from_video=True, but no video is followed by an empty audio part "
+                '({"type": "audio"}), which is where its sound goes'
+            )
         template = chat_template or self.chat_template
         # processing kwargs given at the top level (padding, num_frames, ...) go to the processor, as transformers does
         template_variables = _template_variables(template)
@@ -305,9 +313,8 @@ class VAEmotionProcessor(ProcessorMixin):
             if key in call:
                 raise VAEmotionInputError(f"{key}: given both in the conversation and as an argument")
             call[key] = value
-        if load_audio_from_video and "audio_from_video_indices" not in call:
-            # the parts say which audio slot holds which video's sound: no placeholder is left to a rule
-            call["audio_from_video_indices"] = _slot_sources(conversations, soundtrack_after_every_video)
+        if sources is not None:
+            call.setdefault("audio_from_video_indices", sources)
         inputs = self(text=texts, load_audio_from_video=load_audio_from_video, **call)
         return inputs if return_dict else inputs["input_ids"]
 
@@ -396,18 +403,29 @@ class VAEmotionProcessor(ProcessorMixin):
         if images is not None:
             image_names = _image_names(images)
             images = make_flat_list_of_images(self._fetch_images(images, max_image_pixels))
-        sound_wanted = load_audio_from_video or audio_from_video_indices is not None
-        clips, silent, videos, kwargs = self._load_videos(videos, sound_wanted, kwargs)
         audio, kwargs = self._load_audio(audio, kwargs)
+        indices = audio_from_video_indices
+        slots = sources = None
+        if text is not None and (audio is not None or load_audio_from_video or indices is not None):
+            slots = self._audio_slots(text)
+            sources = self._slot_sources(slots, len(audio or []), load_audio_from_video, indices)
+        elif indices is not None:
+            raise VAEmotionInputError("audio_from_video_indices: slots are the text's audio placeholders; give the text")
+        # only the videos whose sound fills a slot are probed and decoded with it (without text: all or none)
+        if sources is not None:
+            with_sound = set(sources) - {None}
+        else:
+            with_sound = None if load_audio_from_video else set()
+        clips, silent, videos, kwargs = self._load_videos(videos, with_sound, kwargs)
         self._check_placeholders(text, images, videos)
+        if slots is not None:
+            audio, text = self._audio_in_slots(slots, sources, audio or [], clips, silent)
+        elif load_audio_from_video:  # no text: the standalone audio, then the soundtracks
+            audio = (audio or []) + [clip.audio for clip in clips if clip is not None and clip.audio is not None]
         audio_inputs = {}
-        if audio is not None or (sound_wanted and clips):
-            audio, text = self._order_audio(
-                text, audio or [], clips, silent, load_audio_from_video, audio_from_video_indices
-            )
-            if audio:
-                audio_inputs, blocks = self._process_audio(audio, return_tensors)
-                text = self._expand_audio(text, blocks)
+        if audio:
+            audio_inputs, blocks = self._process_audio(audio, return_tensors)
+            text = self._expand_audio(text, blocks)
         if videos is not None and not self.backbone.takes_videos:
             text, images, videos = self._videos_as_frames(text, images, videos)
             kwargs.pop("videos_kwargs", None)
@@ -464,9 +482,10 @@ class VAEmotionProcessor(ProcessorMixin):
             return load_image(images, max_pixels=max_pixels)
         return images
 
-    def _load_videos(self, videos, with_sound: bool, kwargs: dict):
-        """Decode video paths into frames + metadata (with their soundtracks when `with_sound`, where the file has
-        one); returns `(VideoClip or None per video, indices of the video files without sound, videos, kwargs)`."""
+    def _load_videos(self, videos, with_sound: set[int] | None, kwargs: dict):
+        """Decode video paths into frames + metadata, each video in `with_sound` (`None`: every video) with its
+        soundtrack where the file has one; returns `(VideoClip or None per video, indices of those video files
+        without sound, videos, kwargs)`."""
         flat = _flatten_batch(videos, (str, os.PathLike, VideoClip))
         if flat is None:
             return ([None] * len(make_batched_videos(videos)) if videos is not None else []), set(), videos, kwargs
@@ -490,12 +509,13 @@ class VAEmotionProcessor(ProcessorMixin):
         for index, video in enumerate(flat):
             clip = video
             if isinstance(video, (str, os.PathLike)):
-                if with_sound and not has_audio_stream(video):
+                sound = with_sound is None or index in with_sound
+                if sound and not has_audio_stream(video):
                     silent.add(index)  # a silent file loses its slot, not the batch
                 clip = load_video(
                     video,
                     **sampling,
-                    with_audio=with_sound and index not in silent,
+                    with_audio=sound and index not in silent,
                     sampling_rate=self.feature_extractor.sampling_rate,
                     frame_multiple=self.frame_multiple,
                 )
@@ -546,30 +566,24 @@ class VAEmotionProcessor(ProcessorMixin):
             if found != given:
                 raise VAEmotionInputError(f"{argument}: the text has {found} {token} placeholders but {given} were given")
 
-    def _order_audio(
-        self, text, audio: list, clips: list, silent: set, load_audio_from_video: bool, indices
-    ) -> tuple[list, list]:
-        """The audio of every slot in placeholder order, and the text without the slots of silent video files (see
-        `__call__`)."""
-        if text is None:
-            if indices is not None:
-                raise VAEmotionInputError("audio_from_video_indices: slots are the text's audio placeholders; give the text")
-            soundtracks = [clip.audio for clip in clips if clip is not None] if load_audio_from_video else []
-            return audio + [track for track in soundtracks if track is not None], None
-        slots = self._audio_slots(text)
-        if indices is None:
-            indices = [video if load_audio_from_video else None for video in slots.videos_before]
-            if indices.count(None) != len(audio):
-                note = (f" ({len(indices) - indices.count(None)} follow a video and take its soundtrack: "
-                        "pass audio_from_video_indices to say which slot is whose)") if load_audio_from_video else ""
-                raise VAEmotionInputError(
-                    f"audio: the text has {len(indices)} {self.audio_token} placeholders{note} but {len(audio)} "
-                    "audio inputs were given"
-                )
-        else:
-            indices = _checked_slot_indices(indices, slots, len(clips), len(audio))
+    def _slot_sources(self, slots: _AudioSlots, num_audio: int, load_audio_from_video: bool, indices) -> list:
+        """Each slot's source (see `__call__`): `audio_from_video_indices`, checked, or the rule on the text."""
+        if indices is not None:
+            return _checked_slot_indices(indices, slots, num_audio)
+        sources = [video if load_audio_from_video else None for video in slots.videos_before]
+        if sources.count(None) != num_audio:
+            note = (f" ({len(sources) - sources.count(None)} follow a video and take its soundtrack: "
+                    "pass audio_from_video_indices to say which slot is whose)") if load_audio_from_video else ""
+            raise VAEmotionInputError(
+                f"audio: the text has {len(sources)} {self.audio_token} placeholders{note} but {num_audio} "
+                "audio inputs were given"
+            )
+        return sources
+
+    def _audio_in_slots(self, slots: _AudioSlots, sources: list, audio: list, clips: list, silent: set):
+        """The audio of every slot in placeholder order, and the text without the slots of silent video files."""
         standalone, ordered, kept = iter(audio), [], []
-        for video in indices:
+        for video in sources:
             if video is None:
                 ordered.append(next(standalone))
                 kept.append(True)
@@ -741,14 +755,14 @@ class _AudioSlots:
         return text
 
 
-def _checked_slot_indices(indices, slots: _AudioSlots, num_videos: int, num_audio: int) -> list[int | None]:
-    """`audio_from_video_indices`, checked against the text's slots, the videos and the audio given."""
+def _checked_slot_indices(indices, slots: _AudioSlots, num_audio: int) -> list[int | None]:
+    """`audio_from_video_indices`, checked against the text's slots and videos and the audio given."""
     if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple)):
         raise VAEmotionInputError(
             f"audio_from_video_indices: must be a list with one entry per audio placeholder (None or a video index), "
             f"got {type(indices).__name__}"
         )
-    indices = list(indices)
+    indices, num_videos = list(indices), len(slots.video_sample)
     if len(indices) != len(slots.spans):
         raise VAEmotionInputError(
             f"audio_from_video_indices: has {len(indices)} entries but the text has {len(slots.spans)} audio placeholders"
@@ -815,7 +829,7 @@ def _is_soundtrack_part(content: list, position: int) -> bool:
     )  # fmt: skip
 
 
-def _slot_sources(conversations, soundtrack_after_every_video: bool) -> list[int | None]:
+def _conversation_slot_sources(conversations, soundtrack_after_every_video: bool) -> list[int | None]:
     """`audio_from_video_indices` of rendered conversations: for each audio part in order (with the parts the
     deprecated `use_audio_in_video` adds), the index of the video whose sound it holds, or `None` for audio of its
     own."""
@@ -834,22 +848,6 @@ def _slot_sources(conversations, soundtrack_after_every_video: bool) -> list[int
                 elif kind == "audio":
                     sources.append(videos - 1 if _is_soundtrack_part(content, position) else None)
     return sources
-
-
-def _check_soundtrack_parts(conversations, load_audio_from_video: bool, soundtrack_after_every_video: bool) -> None:
-    """Under `load_audio_from_video`, at least one video is followed by the empty audio part that holds its sound.
-    (Elsewhere an empty audio part is a placeholder for audio given to the processor call, as in transformers.)"""
-    if not load_audio_from_video or soundtrack_after_every_video:
-        return
-    for conversation in conversations:
-        for message in conversation:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list) and any(_is_soundtrack_part(content, i) for i in range(len(content))):
-                return
-    raise VAEmotionInputError(
-        "conversation: load_audio_from_video=True, but no video is followed by an empty audio part "
-        '({"type": "audio"}), which is where its sound goes'
-    )
 
 
 def _media_from_conversations(conversations) -> dict:

@@ -52,11 +52,6 @@ def _slice_logits_to_keep(hidden_states: torch.Tensor, logits_to_keep: int | tor
 slice_logits_to_keep = getattr(modeling_utils, "slice_logits_to_keep", _slice_logits_to_keep)
 
 
-def cache_of(outputs) -> object:
-    """The key-value cache an output carries, under this release's name."""
-    return getattr(outputs, CACHE_NAME, None)
-
-
 def cache_argument(forward):
     """Let `forward(..., cache=...)` take the cache under either name: in 5.24+ `past_key_values` goes through
     transformers' deprecation (it warns and is mapped to `cache`); before, it is the name `generate()` passes and is

@@ -442,9 +442,10 @@ def _path_parts(outputs, batch, rows: slice, teacher, targets, config: EmoAdapte
     logits = outputs.logits[rows]
     parts = {"lm_loss": response_cross_entropy(logits, batch["response_labels"][rows])}
     if teacher is not None:
+        settings = config.distillation
         parts["kd_loss"] = distillation_loss(
-            logits, teacher, batch["response_mask"][rows], kind=config.distillation.divergence,
-            temperature=config.temperature, jsd_beta=config.distillation.jsd_beta,
+            logits, teacher, batch["response_mask"][rows], kind=settings.divergence,
+            temperature=settings.temperature, jsd_beta=settings.jsd_beta,
         )  # fmt: skip
     labels = batch["emotion_labels"]
     if outputs.valence is not None:
